@@ -1,0 +1,64 @@
+"""Evaluate: accuracy, loss, per-class precision and recall and the confusion matrix of the ONNX model on the validation set.
+
+    python -m components.evaluate --onnx-model work/model.onnx \
+        --validation-data work/validation.npz --metrics work/metrics.json
+"""
+import argparse
+
+import numpy as np
+
+from components.artifacts import load_arrays, save_json
+from components.cli import run_cli
+from components.onnx_model import load_session, predict
+from components.plots import confusion_matrix
+
+
+def classification_metrics(labels, probabilities):
+    """Accuracy, log loss, confusion matrix and per-digit precision/recall/F1 from true labels and probabilities."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = probabilities.argmax(axis=1)
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    true_positives = np.diag(matrix)
+    predicted_counts, true_counts = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(true_positives, predicted_counts, out=np.zeros(10), where=predicted_counts > 0)
+    recall = np.divide(true_positives, true_counts, out=np.zeros(10), where=true_counts > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(10), where=precision + recall > 0)
+    chosen = probabilities[np.arange(len(labels)), labels]
+    return {
+        "images": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean()),
+        "errors": int((predicted != labels).sum()),
+        "per_class": {
+            str(digit): {"precision": float(precision[digit]), "recall": float(recall[digit]),
+                         "f1": float(f1[digit]), "support": int(true_counts[digit])}
+            for digit in range(10)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def evaluate(onnx_model, validation_data, metrics_json, confusion_matrix_png=None):
+    """Score the validation set with the exported model; write the metrics (JSON) and optionally the confusion matrix plot."""
+    images, labels = load_arrays(validation_data, "images", "labels")
+    probabilities, _ = predict(load_session(onnx_model), images)
+    metrics = classification_metrics(labels, probabilities)
+    save_json(metrics_json, metrics)
+    if confusion_matrix_png:
+        confusion_matrix(metrics["confusion_matrix"], confusion_matrix_png)
+    return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-model", required=True, help="model.onnx from export")
+    parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess")
+    parser.add_argument("--metrics", dest="metrics_json", required=True, help="where to write metrics.json")
+    parser.add_argument("--confusion-matrix", dest="confusion_matrix_png", help="where to write the confusion matrix as PNG (optional)")
+    metrics = run_cli(evaluate, vars(parser.parse_args(argv)))
+    print(f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), loss {metrics['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The pictures a run leaves: training curves, the confusion matrix, sample test digits with predictions."""
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from components.artifacts import atomic_path
+
+
+def _save(figure, path):
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def training_curves(history, path):
+    """Loss and accuracy per epoch, training against validation, as the seed notebook plotted them."""
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+        axis.plot(epochs, history[metric], "o-", label=f"training {metric}")
+        axis.plot(epochs, history[f"val_{metric}"], "o-", label=f"validation {metric}")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    accuracy_axis.set_ylim(max(0.9, min(history["val_accuracy"]) - 0.005), 1.0)
+    _save(figure, path)
+
+
+def confusion_matrix(matrix, path):
+    """A 10x10 confusion matrix with counts in each cell; rows are true digits."""
+    matrix = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(7, 6))
+    image = axis.imshow(np.log1p(matrix), cmap="Blues")
+    for true_digit in range(10):
+        for predicted_digit in range(10):
+            count = matrix[true_digit, predicted_digit]
+            if count:
+                axis.text(predicted_digit, true_digit, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if true_digit == predicted_digit else "black")
+    axis.set_xticks(range(10))
+    axis.set_yticks(range(10))
+    axis.set_xlabel("predicted digit")
+    axis.set_ylabel("true digit")
+    axis.set_title("confusion matrix (validation)")
+    figure.colorbar(image, ax=axis, label="log(1 + count)")
+    _save(figure, path)
+
+
+def digit_grid(images, labels, path, columns=10):
+    """Digits in a grid, each titled with its (predicted) label."""
+    rows = max(1, int(np.ceil(len(images) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25))
+    for axis in np.ravel(axes):
+        axis.axis("off")
+    for axis, image, label in zip(np.ravel(axes), images, labels):
+        axis.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
+        axis.set_title(str(label), fontsize=11)
+    _save(figure, path)

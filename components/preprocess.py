@@ -1,0 +1,73 @@
+"""Preprocess: validate Kaggle's CSVs, split a stratified validation set, write uint8 arrays.
+
+    python -m components.preprocess --train-csv data/digit-recognizer/train.csv \
+        --test-csv data/digit-recognizer/test.csv --out-dir work/
+"""
+import argparse
+
+import numpy as np
+
+from components.artifacts import InputError, save_arrays
+from components.cli import run_cli, signature_defaults
+from components.kaggle_csv import IMAGE_SIZE, read_csv
+
+
+def stratified_split(labels, validation_fraction=0.1, seed=42):
+    """Indices `(train, validation)`: each digit keeps its share in both parts."""
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be between 0 and 1, got {validation_fraction}")
+    generator = np.random.default_rng(seed)
+    train_indices, validation_indices = [], []
+    for digit in np.unique(labels):
+        indices = generator.permutation(np.flatnonzero(labels == digit))
+        count = int(round(len(indices) * validation_fraction))
+        validation_indices.append(indices[:count])
+        train_indices.append(indices[count:])
+    return (
+        generator.permutation(np.concatenate(train_indices)),
+        generator.permutation(np.concatenate(validation_indices)),
+    )
+
+
+def as_images(pixels):
+    """Kaggle's flat rows of 784 pixels as images [n, 28, 28, 1]."""
+    return pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def preprocess(train_csv, test_csv, train_data, validation_data, test_data, validation_fraction=0.1, seed=42):
+    """Read and check both CSVs, then write `images`/`labels` arrays for training, validation and test.
+
+    Returns a summary (row counts) for logs and metadata.
+    """
+    labels, pixels = read_csv(train_csv, labelled=True)
+    _, test_pixels = read_csv(test_csv, labelled=False)
+    if len(labels) * validation_fraction < 10:
+        raise InputError(f"{train_csv}: {len(labels)} rows are too few to hold out {validation_fraction:.0%} for validation")
+    train_indices, validation_indices = stratified_split(labels, validation_fraction, seed)
+    images = as_images(pixels)
+    save_arrays(train_data, images=images[train_indices], labels=labels[train_indices])
+    save_arrays(validation_data, images=images[validation_indices], labels=labels[validation_indices])
+    save_arrays(test_data, images=as_images(test_pixels))
+    return {"train_rows": len(train_indices), "validation_rows": len(validation_indices), "test_rows": len(test_pixels)}
+
+
+def main(argv=None):
+    defaults = signature_defaults(preprocess)
+    parser = argparse.ArgumentParser(prog="python -m components.preprocess", description=__doc__.splitlines()[0])
+    parser.add_argument("--train-csv", required=True, help="Kaggle's train.csv (label,pixel0..pixel783)")
+    parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv (pixel0..pixel783)")
+    parser.add_argument("--out-dir", required=True, help="folder for train.npz, validation.npz and test.npz")
+    parser.add_argument("--validation-fraction", type=float, default=defaults["validation_fraction"], help="share of train.csv held out, stratified by digit (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the split (default: %(default)s)")
+    args = parser.parse_args(argv)
+    summary = run_cli(preprocess, dict(
+        train_csv=args.train_csv, test_csv=args.test_csv,
+        train_data=f"{args.out_dir}/train.npz", validation_data=f"{args.out_dir}/validation.npz",
+        test_data=f"{args.out_dir}/test.npz",
+        validation_fraction=args.validation_fraction, seed=args.seed,
+    ))
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()

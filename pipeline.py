@@ -1,0 +1,232 @@
+"""The Digit Recognizer pipeline for Kubeflow Pipelines (KFP v2), and its command line.
+
+    python pipeline.py compile [--output digit_recognizer_pipeline.yaml]
+    python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default] [--param NAME=VALUE ...]
+
+`run` executes every step on this machine with kfp.local (no cluster, no Docker)
+and copies what a user wants into `--out` (default runs/<timestamp>/, with
+runs/latest pointing at the newest).
+"""
+import argparse
+import datetime
+import inspect
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+from kfp import compiler, dsl, local
+from kfp.dsl import Artifact, Dataset, Model
+
+from components.cli import signature_defaults
+from components.export import export
+from components.kfp_components import (
+    evaluate_component, export_component, preprocess_component, score_component, train_component,
+)
+from components.preprocess import preprocess
+from components.train import MODEL_FILE, train
+
+PREPROCESS, TRAIN, EXPORT = signature_defaults(preprocess), signature_defaults(train), signature_defaults(export)
+PROFILES = {
+    "quick": {"epochs": 1},  # about a minute: demos and tests
+    "default": {},  # the function defaults below
+}
+DEFAULT_DATA = Path("data/digit-recognizer")
+KAGGLE_HELP = (
+    "get Kaggle's files with `kaggle competitions download -c digit-recognizer -p {data}` and unzip them there "
+    "(the Kaggle CLI needs ~/.kaggle/kaggle.json: kaggle.com > Settings > Create New Token), "
+    "or download them from https://www.kaggle.com/competitions/digit-recognizer/data"
+)
+
+
+class PipelineOutputs(NamedTuple):
+    submission: Dataset
+    onnx_model: Model
+    keras_model: Model
+    history: Artifact
+    metrics: Artifact
+    training_curves: Artifact
+    confusion_matrix: Artifact
+    test_samples: Artifact
+
+
+@dsl.pipeline(
+    name="digit-recognizer",
+    description="Kaggle Digit Recognizer: validate CSVs, train a Keras CNN, export to ONNX, evaluate, write submission.csv",
+)
+def digit_recognizer_pipeline(
+    train_csv: str,
+    test_csv: str,
+    validation_fraction: float = PREPROCESS["validation_fraction"],
+    seed: int = PREPROCESS["seed"],
+    epochs: int = TRAIN["epochs"],
+    batch_size: int = TRAIN["batch_size"],
+    learning_rate: float = TRAIN["learning_rate"],
+    weight_decay: float = TRAIN["weight_decay"],
+    label_smoothing: float = TRAIN["label_smoothing"],
+    augment: bool = TRAIN["augment"],
+    patience: int = TRAIN["patience"],
+    parity_tolerance: float = EXPORT["tolerance"],
+) -> PipelineOutputs:
+    train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
+    test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
+    arrays = preprocess_component(
+        train_csv=train_file.output, test_csv=test_file.output, validation_fraction=validation_fraction, seed=seed,
+    ).set_display_name("preprocess")
+    trained = train_component(
+        train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
+    ).set_display_name("train")
+    exported = export_component(
+        model=trained.outputs["model"], validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
+    ).set_display_name("export")
+    evaluated = evaluate_component(
+        onnx_model=exported.outputs["onnx_model"], validation_data=arrays.outputs["validation_data"],
+    ).set_display_name("evaluate")
+    scored = score_component(
+        onnx_model=exported.outputs["onnx_model"], test_csv=test_file.output,
+    ).set_display_name("score")
+    return PipelineOutputs(
+        submission=scored.outputs["submission"],
+        onnx_model=exported.outputs["onnx_model"],
+        keras_model=trained.outputs["model"],
+        history=trained.outputs["history"],
+        metrics=evaluated.outputs["metrics_json"],
+        training_curves=trained.outputs["training_curves"],
+        confusion_matrix=evaluated.outputs["confusion_matrix"],
+        test_samples=scored.outputs["test_samples"],
+    )
+
+
+# What `run` copies out of the pipeline's outputs, under the names a user looks for.
+RUN_FILES = {
+    "submission": "submission.csv",
+    "onnx_model": "model.onnx",
+    "keras_model": MODEL_FILE,
+    "history": "history.json",
+    "metrics": "metrics.json",
+    "training_curves": "training_curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "test_samples": "test_samples.png",
+}
+
+
+def compile_pipeline(output="digit_recognizer_pipeline.yaml"):
+    compiler.Compiler().compile(digit_recognizer_pipeline, package_path=str(output))
+    return Path(output)
+
+
+def pipeline_parameters():
+    """Each pipeline parameter's name and Python type, from the pipeline's own signature."""
+    signature = inspect.signature(digit_recognizer_pipeline.pipeline_func)
+    return {name: _boolean if p.annotation is bool else p.annotation for name, p in signature.parameters.items()}
+
+
+def _boolean(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_params(assignments):
+    """`["epochs=3", ...]` as typed pipeline arguments; a clear error for an unknown name or a bad value."""
+    types = pipeline_parameters()
+    arguments = {}
+    for assignment in assignments:
+        name, separator, text = assignment.partition("=")
+        if not separator:
+            raise SystemExit(f"error: --param {assignment!r}: expected NAME=VALUE")
+        if name not in types or name in ("train_csv", "test_csv"):
+            known = ", ".join(sorted(set(types) - {"train_csv", "test_csv"}))
+            raise SystemExit(f"error: --param {name!r}: no such pipeline parameter (known: {known})")
+        try:
+            arguments[name] = types[name](text)
+        except ValueError:
+            raise SystemExit(f"error: --param {name}={text!r}: expected {types[name].__name__.strip('_')}") from None
+    return arguments
+
+
+class ErrorLineWatcher:
+    """Passes a step's output through, remembering the last one-line `error: ...` a step printed."""
+
+    def __init__(self, stream):
+        self.stream, self.last_error = stream, None
+
+    def write(self, text):
+        for line in text.splitlines():
+            if line.startswith("error: "):
+                self.last_error = line
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=()):
+    """Run the whole pipeline with kfp.local's SubprocessRunner; copy its outputs into `out`; return `out`."""
+    data = Path(data).resolve()
+    for name in ("train.csv", "test.csv"):
+        if not (data / name).is_file():
+            raise SystemExit(f"error: {data / name} not found; {KAGGLE_HELP.format(data=data)}")
+    arguments = {**PROFILES[profile], **parse_params(params)}
+    out = Path(out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    started = time.time()
+    watcher = ErrorLineWatcher(sys.stdout)
+    with tempfile.TemporaryDirectory(prefix="digit-recognizer-") as pipeline_root:
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+        # kfp.local warns that our image's name lacks "python" and that display names are cluster-only: both are moot here.
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=r".*settings \['display_name'\] have no effect", category=UserWarning)
+        sys.stdout = watcher
+        try:
+            outputs = digit_recognizer_pipeline(train_csv=str(data / "train.csv"), test_csv=str(data / "test.csv"), **arguments)
+        except RuntimeError as error:
+            raise SystemExit(watcher.last_error or f"error: the pipeline failed: {error}") from None
+        finally:
+            sys.stdout = watcher.stream
+        out.mkdir(parents=True, exist_ok=True)
+        for output_name, file_name in RUN_FILES.items():
+            source = Path(outputs.outputs[output_name].path)
+            shutil.copyfile(source / file_name if source.is_dir() else source, out / file_name)
+    point_latest_at(out)
+    print(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/: {', '.join(RUN_FILES.values())}")
+    return out
+
+
+def point_latest_at(out):
+    """Make runs/latest a relative link to `out` when `out` lies in runs/, replacing any old link at once."""
+    out = out.resolve()
+    runs = Path("runs").resolve()
+    if out.parent != runs:
+        return
+    temporary = runs / f".latest-{out.name}"
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(out.name)
+    temporary.replace(runs / "latest")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    compile_parser = commands.add_parser("compile", help="write the pipeline YAML that a Kubeflow cluster accepts")
+    compile_parser.add_argument("--output", default="digit_recognizer_pipeline.yaml", help="YAML file to write (default: %(default)s)")
+    run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
+    run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
+    run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
+    run_parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: the full recipe")
+    run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter, e.g. --param epochs=20 (repeatable)")
+    args = parser.parse_args(argv)
+    if args.command == "compile":
+        print(f"wrote {compile_pipeline(args.output)}")
+    else:
+        run_locally(args.data, args.out, args.profile, args.param)
+
+
+if __name__ == "__main__":
+    main()
