@@ -61,6 +61,8 @@ def iter_csv(path, labelled, chunk_rows=4096):
         chunks = pd.read_csv(path, encoding="utf-8-sig", dtype=np.int32, chunksize=chunk_rows, engine="c")
         for chunk in chunks:
             values = chunk.to_numpy()
+            if len(values) == 0:
+                continue
             if values.shape[1] != width or values.min() < 0 or values.max() > 255 or (
                 labelled and values[:, 0].max() > 9
             ):

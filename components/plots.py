@@ -15,17 +15,20 @@ def _save(figure, path):
 
 
 def training_curves(history, path):
-    """Loss and accuracy per epoch, training against validation, as the seed notebook plotted them."""
+    """Loss and error rate per epoch, training against validation; log scales show the last tenths of a percent."""
     epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
-        axis.plot(epochs, history[metric], "o-", label=f"training {metric}")
-        axis.plot(epochs, history[f"val_{metric}"], "o-", label=f"validation {metric}")
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, prefix in (("training", ""), ("validation", "val_")):
+        loss_axis.plot(epochs, history[f"{prefix}loss"], "o-", label=f"{split} loss")
+        error = 100 * (1 - np.asarray(history[f"{prefix}accuracy"]))
+        error_axis.plot(epochs, np.maximum(error, 0.01), "o-", label=f"{split} error")
+    loss_axis.set_title("loss")
+    error_axis.set_title("error rate (%)")
+    for axis in (loss_axis, error_axis):
         axis.set_xlabel("epoch")
-        axis.set_title(metric)
-        axis.grid(alpha=0.3)
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3, which="both")
         axis.legend()
-    accuracy_axis.set_ylim(max(0.9, min(history["val_accuracy"]) - 0.005), 1.0)
     _save(figure, path)
 
 

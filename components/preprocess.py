@@ -13,16 +13,24 @@ from components.kaggle_csv import IMAGE_SIZE, read_csv
 
 
 def stratified_split(labels, validation_fraction=0.1, seed=42):
-    """Indices `(train, validation)`: each digit keeps its share in both parts."""
+    """Indices `(train, validation)`: each digit keeps its share in both parts.
+
+    The validation set holds round(n * validation_fraction) images exactly; the
+    remainders of the per-digit shares go to the digits with the largest ones.
+    """
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {validation_fraction}")
     generator = np.random.default_rng(seed)
+    digits, counts = np.unique(labels, return_counts=True)
+    shares = counts * validation_fraction
+    sizes = np.floor(shares).astype(int)
+    remainder = int(round(len(labels) * validation_fraction)) - sizes.sum()
+    sizes[np.argsort(sizes - shares, kind="stable")[:remainder]] += 1
     train_indices, validation_indices = [], []
-    for digit in np.unique(labels):
+    for digit, size in zip(digits, sizes):
         indices = generator.permutation(np.flatnonzero(labels == digit))
-        count = int(round(len(indices) * validation_fraction))
-        validation_indices.append(indices[:count])
-        train_indices.append(indices[count:])
+        validation_indices.append(indices[:size])
+        train_indices.append(indices[size:])
     return (
         generator.permutation(np.concatenate(train_indices)),
         generator.permutation(np.concatenate(validation_indices)),

@@ -6,13 +6,14 @@
 import argparse
 import math
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from components.artifacts import atomic_path, load_arrays, save_json
+from components.artifacts import InputError, atomic_path, load_arrays, save_json
 from components.cli import run_cli, signature_defaults
 from components.kaggle_csv import IMAGE_SIZE
 from components.plots import training_curves
@@ -144,6 +145,7 @@ def train(
             epochs=epochs,
             validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
             validation_batch_size=512,
+            shuffle=False,  # the dataset shuffles, reproducibly
             callbacks=[
                 EpochTimer(),
                 keras.callbacks.ModelCheckpoint(best_model_path, monitor="val_accuracy", mode="max", save_best_only=True),
@@ -160,7 +162,10 @@ def train(
 
 
 def load_model(model_dir):
-    return keras.models.load_model(f"{model_dir}/{MODEL_FILE}")
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (the model folder that train writes)")
+    return keras.models.load_model(path)
 
 
 def main(argv=None):

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "digit-recognizer"
+
+
+@pytest.fixture(scope="session")
+def fixture_data():
+    """A few hundred real rows cut from Kaggle's train.csv and test.csv."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def arrays(tmp_path_factory, fixture_data):
+    """The fixture preprocessed once: paths of train, validation and test arrays."""
+    from components.preprocess import preprocess
+
+    folder = tmp_path_factory.mktemp("arrays")
+    paths = {name: folder / f"{name}.npz" for name in ("train", "validation", "test")}
+    preprocess(fixture_data / "train.csv", fixture_data / "test.csv",
+               paths["train"], paths["validation"], paths["test"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, arrays):
+    """A model trained for one epoch on the fixture, and its history."""
+    from components.train import train
+
+    folder = tmp_path_factory.mktemp("model")
+    history = train(arrays["train"], arrays["validation"], folder, folder / "history.json",
+                    epochs=2, batch_size=64, curves_png=folder / "curves.png")
+    return folder, history
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tmp_path_factory, trained_model, arrays):
+    from components.export import export
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export(trained_model[0], arrays["validation"], path)
+    return path
+
+
+def run_module(*arguments, cwd=ROOT):
+    """Run `python -m ...` or a script as a user would; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True)
