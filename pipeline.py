@@ -45,6 +45,7 @@ KAGGLE_HELP = (
 class PipelineOutputs(NamedTuple):
     submission: Dataset
     onnx_model: Model
+    int8_model: Model
     keras_model: Model
     history: Artifact
     metrics: Artifact
@@ -70,6 +71,7 @@ def digit_recognizer_pipeline(
     augment: bool = TRAIN["augment"],
     patience: int = TRAIN["patience"],
     parity_tolerance: float = EXPORT["tolerance"],
+    score_with_int8: bool = False,
 ) -> PipelineOutputs:
     train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
     test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
@@ -82,17 +84,21 @@ def digit_recognizer_pipeline(
         label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
     ).set_display_name("train")
     exported = export_component(
-        model=trained.outputs["model"], validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
+        model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
+        validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
     ).set_display_name("export")
     evaluated = evaluate_component(
-        onnx_model=exported.outputs["onnx_model"], validation_data=arrays.outputs["validation_data"],
+        onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
+        validation_data=arrays.outputs["validation_data"],
     ).set_display_name("evaluate")
     scored = score_component(
-        onnx_model=exported.outputs["onnx_model"], test_csv=test_file.output,
+        onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
+        test_csv=test_file.output, score_with_int8=score_with_int8,
     ).set_display_name("score")
     return PipelineOutputs(
         submission=scored.outputs["submission"],
         onnx_model=exported.outputs["onnx_model"],
+        int8_model=exported.outputs["int8_model"],
         keras_model=trained.outputs["model"],
         history=trained.outputs["history"],
         metrics=evaluated.outputs["metrics_json"],
@@ -106,6 +112,7 @@ def digit_recognizer_pipeline(
 RUN_FILES = {
     "submission": "submission.csv",
     "onnx_model": "model.onnx",
+    "int8_model": "model.int8.onnx",
     "keras_model": MODEL_FILE,
     "history": "history.json",
     "metrics": "metrics.json",

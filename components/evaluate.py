@@ -39,11 +39,22 @@ def classification_metrics(labels, probabilities):
     }
 
 
-def evaluate(onnx_model, validation_data, metrics_json, confusion_matrix_png=None):
-    """Score the validation set with the exported model; write the metrics (JSON) and optionally the confusion matrix plot."""
+def evaluate(onnx_model, int8_model, validation_data, metrics_json, confusion_matrix_png=None):
+    """Score the validation set with the exported fp32 and int8 models; write the metrics (JSON) and optionally the confusion matrix plot.
+
+    The top-level figures are the fp32 model's; `int8` holds the int8 model's accuracy and loss, and
+    how often its labels agree with fp32's.
+    """
     images, labels = load_arrays(validation_data, "images", "labels")
     probabilities, _ = predict(load_session(onnx_model), images)
+    int8_probabilities, _ = predict(load_session(int8_model), images)
     metrics = classification_metrics(labels, probabilities)
+    int8_metrics = classification_metrics(labels, int8_probabilities)
+    metrics["int8"] = {
+        "accuracy": int8_metrics["accuracy"],
+        "loss": int8_metrics["loss"],
+        "agreement_with_fp32": float((int8_probabilities.argmax(axis=1) == probabilities.argmax(axis=1)).mean()),
+    }
     save_json(metrics_json, metrics)
     if confusion_matrix_png:
         confusion_matrix(metrics["confusion_matrix"], confusion_matrix_png)
@@ -53,11 +64,13 @@ def evaluate(onnx_model, validation_data, metrics_json, confusion_matrix_png=Non
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--onnx-model", required=True, help="model.onnx from export")
+    parser.add_argument("--int8-model", required=True, help="model.int8.onnx from export")
     parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess")
     parser.add_argument("--metrics", dest="metrics_json", required=True, help="where to write metrics.json")
     parser.add_argument("--confusion-matrix", dest="confusion_matrix_png", help="where to write the confusion matrix as PNG (optional)")
     metrics = run_cli(evaluate, vars(parser.parse_args(argv)))
-    print(f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), loss {metrics['loss']:.4f}")
+    print(f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), "
+          f"loss {metrics['loss']:.4f}; int8 model {metrics['int8']['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""Export: convert the Keras model to ONNX with tf2onnx, and refuse it unless onnxruntime agrees with Keras.
+"""Export: convert the Keras model to ONNX with tf2onnx, refuse it unless onnxruntime agrees with Keras, and quantize it to int8.
 
-    python -m components.export --model-dir work/model \
-        --validation-data work/validation.npz --onnx-model work/model.onnx
+    python -m components.export --model-dir work/model --train-data work/train.npz \
+        --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
 """
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tf2onnx
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from components.artifacts import InputError, atomic_path, load_arrays
 from components.cli import run_cli, signature_defaults
@@ -37,8 +41,34 @@ def parity(model, session, images, batch_size=1024):
     return max_difference, label_mismatches
 
 
-def export(model_dir, validation_data, onnx_model, tolerance=0.0001, opset=17):
-    """Write `onnx_model` only if it matches Keras on every validation image; return the parity figures."""
+class _Calibration(CalibrationDataReader):
+    """Feeds onnxruntime's calibrator batches of training images."""
+
+    def __init__(self, images, batch_size=256):
+        self.batches = (images[start:start + batch_size].astype(np.float32) for start in range(0, len(images), batch_size))
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize(onnx_model, calibration_images, int8_model):
+    """Statically quantize to int8 (QDQ: weights per channel, activations calibrated on `calibration_images`)."""
+    with tempfile.TemporaryDirectory() as folder, atomic_path(int8_model) as temporary:
+        prepared = Path(folder) / "prepared.onnx"
+        quant_pre_process(str(onnx_model), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(temporary), _Calibration(calibration_images),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+
+
+def export(model_dir, train_data, validation_data, onnx_model, int8_model, tolerance=0.0001, calibration_images=1024, opset=17):
+    """Write `onnx_model` only if it matches Keras on every validation image, then its int8 twin.
+
+    Returns the parity figures and how often the int8 model's labels agree with the fp32 model's.
+    """
     model = load_model(model_dir)
     images, _ = load_arrays(validation_data, "images", "labels")
     with atomic_path(onnx_model) as temporary:
@@ -51,17 +81,26 @@ def export(model_dir, validation_data, onnx_model, tolerance=0.0001, opset=17):
                 f"{model_dir}: the ONNX model disagrees with Keras (max probability difference "
                 f"{max_difference:.2e}, tolerance {tolerance:.0e}; {label_mismatches} differing labels); not exported"
             )
+    train_images, _ = load_arrays(train_data, "images", "labels")
+    quantize(onnx_model, train_images[:calibration_images], int8_model)
+    _, fp32_labels = predict(load_session(onnx_model), images)
+    _, int8_labels = predict(load_session(int8_model), images)
+    agreement = float((fp32_labels == int8_labels).mean())
+    print(f"int8 model agrees with fp32 on {agreement:.2%} of validation labels", flush=True)
     return {"max_probability_difference": max_difference, "label_mismatches": label_mismatches,
-            "parity_images": len(images)}
+            "parity_images": len(images), "int8_label_agreement": agreement}
 
 
 def main(argv=None):
     defaults = signature_defaults(export)
     parser = argparse.ArgumentParser(prog="python -m components.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="the trained model's folder, from train")
+    parser.add_argument("--train-data", required=True, help="train.npz from preprocess: int8 calibration images")
     parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess: the parity check's images")
-    parser.add_argument("--onnx-model", required=True, help="where to write model.onnx")
+    parser.add_argument("--onnx-model", required=True, help="where to write model.onnx (fp32)")
+    parser.add_argument("--int8-model", required=True, help="where to write the int8 model (model.int8.onnx)")
     parser.add_argument("--tolerance", type=float, default=defaults["tolerance"], help="largest allowed probability difference (default: %(default)s)")
+    parser.add_argument("--calibration-images", type=int, default=defaults["calibration_images"], help="training images that calibrate int8 activations (default: %(default)s)")
     parser.add_argument("--opset", type=int, default=defaults["opset"], help="ONNX opset (default: %(default)s)")
     print(run_cli(export, vars(parser.parse_args(argv))))
 

@@ -65,18 +65,21 @@ def train_component(
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def export_component(
     model: Input[Model],
+    train_data: Input[Dataset],
     validation_data: Input[Dataset],
     tolerance: float,
     onnx_model: Output[Model],
+    int8_model: Output[Model],
     parity_metrics: Output[Metrics],
 ):
-    """Convert to ONNX with tf2onnx; fail unless onnxruntime matches Keras on the validation set."""
+    """Convert to ONNX with tf2onnx; fail unless onnxruntime matches Keras on the validation set; quantize to int8."""
     from components.cli import run_cli
     from components.export import export
 
-    parity = run_cli(export, dict(model_dir=model.path, validation_data=validation_data.path,
-                                  onnx_model=onnx_model.path, tolerance=tolerance))
-    onnx_model.metadata.update(framework="onnx", input="pixels", outputs="probabilities,label")
+    parity = run_cli(export, dict(model_dir=model.path, train_data=train_data.path, validation_data=validation_data.path,
+                                  onnx_model=onnx_model.path, int8_model=int8_model.path, tolerance=tolerance))
+    for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
+        artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
     for name, value in parity.items():
         parity_metrics.log_metric(name, value)
 
@@ -84,6 +87,7 @@ def export_component(
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_component(
     onnx_model: Input[Model],
+    int8_model: Input[Model],
     validation_data: Input[Dataset],
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
@@ -94,10 +98,12 @@ def evaluate_component(
     from components.cli import run_cli
     from components.evaluate import evaluate
 
-    result = run_cli(evaluate, dict(onnx_model=onnx_model.path, validation_data=validation_data.path,
+    result = run_cli(evaluate, dict(onnx_model=onnx_model.path, int8_model=int8_model.path, validation_data=validation_data.path,
                                     metrics_json=metrics_json.path, confusion_matrix_png=confusion_matrix.path))
     for name in ("accuracy", "loss", "errors", "images"):
         metrics.log_metric(name, result[name])
+    metrics.log_metric("int8_accuracy", result["int8"]["accuracy"])
+    metrics.log_metric("int8_agreement_with_fp32", result["int8"]["agreement_with_fp32"])
     for digit, scores in result["per_class"].items():
         metrics.log_metric(f"precision_{digit}", scores["precision"])
         metrics.log_metric(f"recall_{digit}", scores["recall"])
@@ -107,14 +113,17 @@ def evaluate_component(
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def score_component(
     onnx_model: Input[Model],
+    int8_model: Input[Model],
     test_csv: Input[Dataset],
+    score_with_int8: bool,
     submission: Output[Dataset],
     test_samples: Output[Artifact],
 ):
-    """Kaggle's submission.csv from test.csv, scored in batches with onnxruntime."""
+    """Kaggle's submission.csv from test.csv, scored in batches with onnxruntime (fp32 or int8 model)."""
     from components.cli import run_cli
     from components.score import score
 
-    result = run_cli(score, dict(onnx_model=onnx_model.path, test_csv=test_csv.path,
+    model = int8_model if score_with_int8 else onnx_model
+    result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path,
                                  submission=submission.path, samples_png=test_samples.path))
-    submission.metadata.update(result)
+    submission.metadata.update(result, model="int8" if score_with_int8 else "fp32")

@@ -28,22 +28,28 @@ def arrays(tmp_path_factory, fixture_data):
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory, arrays):
-    """A model trained for one epoch on the fixture, and its history."""
+    """A model trained for a few seconds on the fixture (good enough to be confident), and its history."""
     from components.train import train
 
     folder = tmp_path_factory.mktemp("model")
     history = train(arrays["train"], arrays["validation"], folder, folder / "history.json",
-                    epochs=2, batch_size=64, curves_png=folder / "curves.png")
+                    epochs=8, batch_size=32, curves_png=folder / "curves.png")
     return folder, history
 
 
 @pytest.fixture(scope="session")
-def onnx_model(tmp_path_factory, trained_model, arrays):
+def exported(tmp_path_factory, trained_model, arrays):
+    """The fixture model exported: paths of the fp32 and int8 ONNX models."""
     from components.export import export
 
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export(trained_model[0], arrays["validation"], path)
-    return path
+    folder = tmp_path_factory.mktemp("onnx")
+    export(trained_model[0], arrays["train"], arrays["validation"], folder / "model.onnx", folder / "model.int8.onnx")
+    return folder / "model.onnx", folder / "model.int8.onnx"
+
+
+@pytest.fixture(scope="session")
+def onnx_model(exported):
+    return exported[0]
 
 
 def run_module(*arguments, cwd=ROOT):

@@ -22,21 +22,24 @@ def test_classification_metrics_by_hand():
     assert abs(metrics["loss"] - expected_loss) < 1e-9
 
 
-def test_evaluate_writes_json_and_plot(tmp_path, onnx_model, arrays):
-    metrics = evaluate(onnx_model, arrays["validation"], tmp_path / "metrics.json", tmp_path / "cm.png")
+def test_evaluate_writes_json_and_plot(tmp_path, exported, arrays):
+    metrics = evaluate(*exported, arrays["validation"], tmp_path / "metrics.json", tmp_path / "cm.png")
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["images"] == 30
     assert sum(map(sum, metrics["confusion_matrix"])) == 30
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(metrics["int8"]) == {"accuracy", "loss", "agreement_with_fp32"}
+    assert abs(metrics["int8"]["accuracy"] - metrics["accuracy"]) <= 1 - metrics["int8"]["agreement_with_fp32"] + 1e-9
 
 
-def test_cli_reports_accuracy_and_bad_model(tmp_path, onnx_model, arrays):
-    result = run_module("-m", "components.evaluate", "--onnx-model", str(onnx_model),
+def test_cli_reports_accuracy_and_bad_model(tmp_path, exported, arrays):
+    onnx_model, int8_model = exported
+    result = run_module("-m", "components.evaluate", "--onnx-model", str(onnx_model), "--int8-model", str(int8_model),
                         "--validation-data", str(arrays["validation"]), "--metrics", str(tmp_path / "m.json"))
     assert result.returncode == 0
     assert result.stdout.startswith("validation accuracy ")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    result = run_module("-m", "components.evaluate", "--onnx-model", str(tmp_path / "bad.onnx"),
+    result = run_module("-m", "components.evaluate", "--onnx-model", str(tmp_path / "bad.onnx"), "--int8-model", str(int8_model),
                         "--validation-data", str(arrays["validation"]), "--metrics", str(tmp_path / "m2.json"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'bad.onnx'}: not an ONNX model onnxruntime can load")

@@ -30,18 +30,36 @@ def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, array
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous model")
     with pytest.raises(InputError, match="the ONNX model disagrees with Keras"):
-        export(trained_model[0], arrays["validation"], target, tolerance=0.0)
+        export(trained_model[0], arrays["train"], arrays["validation"], target, tmp_path / "int8.onnx", tolerance=0.0)
     assert target.read_bytes() == b"previous model"
     assert list(tmp_path.iterdir()) == [target]
 
 
 def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
-    parity = export(trained_model[0], arrays["validation"], tmp_path / "model.onnx")
+    parity = export(trained_model[0], arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
     assert parity["max_probability_difference"] < 1e-4
     assert parity["label_mismatches"] == 0
     assert parity["parity_images"] == 30
+    assert 0 <= parity["int8_label_agreement"] <= 1
 
 
 def test_missing_model(tmp_path, arrays):
     with pytest.raises(InputError, match="no-model/model.keras: file not found"):
-        export(tmp_path / "no-model", arrays["validation"], tmp_path / "model.onnx")
+        export(tmp_path / "no-model", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
+
+
+def test_int8_model_is_quantized_and_agrees_with_fp32(exported, arrays):
+    onnx_model, int8_model = exported
+    operators = {node.op_type for node in onnx.load(int8_model).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    assert int8_model.stat().st_size < onnx_model.stat().st_size / 2
+    images = np.concatenate([load_arrays(arrays[name], "images")[0] for name in ("validation", "test")])
+    fp32_probabilities, fp32_labels = predict(load_session(onnx_model), images)
+    int8_probabilities, int8_labels = predict(load_session(int8_model), images)
+    difference = np.abs(fp32_probabilities - int8_probabilities).max()
+    assert difference < 0.1
+    # The fixture's model is barely trained, so only labels fp32 holds by a clear margin must survive int8.
+    top_two = np.sort(fp32_probabilities, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * difference
+    assert clear.any()
+    np.testing.assert_array_equal(fp32_labels[clear], int8_labels[clear])

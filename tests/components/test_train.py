@@ -50,7 +50,7 @@ def test_train_writes_the_best_model_history_and_curves(trained_model, arrays):
     folder, history = trained_model
     assert json.loads((folder / "history.json").read_text()) == history
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second"):
-        assert len(history[metric]) == 2
+        assert len(history[metric]) == len(history["loss"]) >= 1
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
     model = load_model(folder)
     assert model.output_shape == (None, 10)
