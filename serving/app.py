@@ -1,0 +1,282 @@
+"""The server: KServe V2 endpoints, /predict, the drawing page, Prometheus metrics, access logs."""
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from components.artifacts import InputError
+from components.onnx_model import load_session
+from serving.batching import Batcher
+from serving.errors import BadRequest
+from serving.images import image_to_pixels
+from serving.protocol import infer_response, parse_infer_request, pixels_from_array
+
+STATIC = Path(__file__).parent / "static"
+access_log = logging.getLogger("serving.access")
+
+
+class ModelServer:
+    """The loaded model, its batcher and its metrics; `ready` only once loaded and warmed."""
+
+    def __init__(self, model_path, name="digit-recognizer", max_batch_size=64, max_wait_ms=0.0,
+                 max_images=1024, max_body_bytes=8 * 1024 * 1024, threads=0):
+        self.model_path, self.name, self.threads = Path(model_path), name, threads
+        self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
+        self.max_images, self.max_body_bytes = max_images, max_body_bytes
+        self.session, self.batcher, self.ready = None, None, False
+        self.registry = CollectorRegistry()
+        self.requests = Counter("requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("request_seconds", "HTTP request latency by route", ["route"], registry=self.registry,
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.batch_sizes = Histogram("batch_images", "images per onnxruntime call", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+
+    def load(self):
+        """Load and warm the model (a thread: the server answers liveness meanwhile)."""
+        session = load_session(self.model_path, self.threads)
+        for size in (1, self.max_batch_size):
+            session.run(None, {"pixels": np.zeros((size, 28, 28, 1), np.float32)})
+        self.session = session
+
+    def predict(self, images):
+        probabilities, labels = self.session.run(["probabilities", "label"], {"pixels": images})
+        return probabilities, labels
+
+    async def infer(self, images):
+        if not self.ready:
+            raise BadRequest("the model is not ready yet", status=503)
+        if len(images) > self.max_images:
+            raise BadRequest(f"a batch of {len(images)} images is over the limit of {self.max_images}", status=413)
+        return await self.batcher.infer(images)
+
+    def check_model_name(self, name):
+        if name != self.name:
+            raise BadRequest(f"unknown model {name!r}: this server serves {self.name!r}", status=404)
+
+    async def body(self, request):
+        """The request body, refused with 413 past `max_body_bytes` before it is all read."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise BadRequest(f"body of {declared} bytes is over the limit of {self.max_body_bytes}", status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BadRequest(f"body is over the limit of {self.max_body_bytes} bytes", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def create_app(model_path, **settings):
+    server = ModelServer(model_path, **settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        server.batcher = Batcher(server.predict, server.max_batch_size, server.max_wait_ms, server.batch_sizes.observe)
+        server.batcher.start()
+        loading = asyncio.create_task(load_in_background())
+        yield
+        loading.cancel()
+        await server.batcher.stop()
+
+    async def load_in_background():
+        try:
+            await asyncio.to_thread(server.load)
+        except InputError as error:
+            access_log.error(json.dumps({"event": "model_load_failed", "error": str(error)}))
+            return
+        server.ready = True
+        access_log.info(json.dumps({"event": "ready", "model": str(server.model_path)}))
+
+    app = FastAPI(title="Digit Recognizer", version="1",
+                  description="KServe V2 inference protocol and a /predict endpoint for the digit model.",
+                  lifespan=lifespan)
+    app.state.server = server
+    app.add_middleware(MetricsAndAccessLog, server=server)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, error):
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/v2", summary="Server metadata")
+    async def server_metadata():
+        return {"name": "digit-recognizer-server", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", summary="Liveness")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="Readiness: true once the model is loaded and warmed")
+    async def ready():
+        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+
+    @app.get("/v2/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
+    async def model_metadata(name: str):
+        server.check_model_name(name)
+        return {
+            "name": server.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                        {"name": "label", "datatype": "INT64", "shape": [-1]}],
+        }
+
+    @app.get("/v2/models/{name}/ready", summary="Model readiness")
+    async def model_ready(name: str):
+        server.check_model_name(name)
+        return JSONResponse({"name": server.name, "ready": server.ready}, status_code=200 if server.ready else 503)
+
+    @app.post("/v2/models/{name}/infer", summary="V2 inference (JSON tensors or the binary tensor extension)")
+    async def infer(name: str, request: Request):
+        server.check_model_name(name)
+        header_length = request.headers.get("inference-header-content-length")
+        if header_length is not None and not header_length.isdigit():
+            raise BadRequest("Inference-Header-Content-Length must be a whole number")
+        body = await server.body(request)
+        request_id, images, outputs, binary = parse_infer_request(body, int(header_length) if header_length else None)
+        probabilities, labels = await server.infer(images)
+        content, headers = infer_response(server.name, request_id, probabilities, labels, outputs, binary)
+        media_type = "application/octet-stream" if binary else "application/json"
+        return Response(content, media_type=media_type, headers=headers)
+
+    @app.post("/predict", summary="Predict digits from an image (PNG/JPEG, raw or multipart 'file'), JSON pixels, or Kaggle CSV rows")
+    async def predict(request: Request):
+        images = await images_from_request(server, request)
+        probabilities, labels = await server.infer(images)
+        predictions = [{"label": int(label), "probabilities": row} for label, row in zip(labels, probabilities.tolist())]
+        single = predictions[0] if len(predictions) == 1 and not getattr(request.state, "many", False) else None
+        return Response(orjson.dumps(single or {"predictions": predictions}), media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(server.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def images_from_request(server, request):
+    """Images [n, 28, 28, 1] from whichever body /predict was given."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type.startswith("image/"):
+        return image_to_pixels(await server.body(request))[None]
+    if content_type == "multipart/form-data":
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > server.max_body_bytes:
+            raise BadRequest(f"body of {declared} bytes is over the limit of {server.max_body_bytes}", status=413)
+        try:
+            form = await request.form(max_files=1, max_fields=10, max_part_size=server.max_body_bytes)
+        except Exception as error:  # the multipart parser's own errors: a malformed form
+            raise BadRequest(f"malformed multipart form: {error}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequest("the multipart form needs a file field named 'file'")
+        return image_to_pixels(await upload.read())[None]
+    body = await server.body(request)
+    if content_type == "application/json":
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"malformed JSON: {error}") from None
+        if isinstance(document, dict) and "pixels" in document:
+            return _numbers(document["pixels"], "'pixels'", expected=784)
+        if isinstance(document, dict) and "images" in document:
+            request.state.many = True
+            images = document["images"]
+            if not isinstance(images, list):
+                raise BadRequest("'images' must be a list of images of 784 pixels")
+            if any(not isinstance(image, list) or len(image) != 784 for image in images):
+                bad = next(i for i, image in enumerate(images) if not isinstance(image, list) or len(image) != 784)
+                raise BadRequest(f"'images'[{bad}] must be a list of 784 pixel values")
+            return _numbers(images, "'images'")
+        raise BadRequest("a JSON body needs 'pixels' (784 values) or 'images' (a list of them)")
+    if content_type in ("text/csv", "application/csv"):
+        request.state.many = True
+        return _csv_images(body)
+    raise BadRequest(f"unsupported content type {content_type or '(none)'!r}: send image/png, image/jpeg, "
+                     "multipart/form-data, application/json or text/csv", status=415)
+
+
+def _numbers(values, what, expected=None):
+    if not isinstance(values, list) or (expected and len(values) != expected):
+        raise BadRequest(f"{what} must be a list of {expected} pixel values" if expected else f"{what} must be a list")
+    try:
+        array = np.array(values, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"{what} must hold only numbers") from None
+    return pixels_from_array(array, what)
+
+
+def _csv_images(body):
+    """Kaggle CSV rows (header optional; a `label` column is ignored) as images."""
+    try:
+        lines = [line for line in body.decode("utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise BadRequest("the CSV body is not UTF-8 text") from None
+    if lines and lines[0].lstrip().startswith(("pixel", "label")):
+        has_label, lines = lines[0].lstrip().startswith("label"), lines[1:]
+    else:
+        has_label = bool(lines) and lines[0].count(",") == 784
+    if not lines:
+        raise BadRequest("the CSV body has no rows")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        fields = line.split(",")[1 if has_label else 0:]
+        if len(fields) != 784:
+            raise BadRequest(f"CSV row {number} has {len(fields)} pixel values, expected 784")
+        rows.append(fields)
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError:
+        raise BadRequest("the CSV rows must hold only numbers") from None
+    return pixels_from_array(values, "CSV")
+
+
+class MetricsAndAccessLog:
+    """Pure ASGI middleware: counts and times every request, and writes one JSON access-log line."""
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.server.requests.labels(route, str(status[0])).inc()
+            self.server.latency.labels(route).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(json.dumps({
+                    "time": round(time.time(), 3), "method": scope["method"], "path": scope["path"],
+                    "status": status[0], "ms": round(seconds * 1000, 2),
+                    "client": scope["client"][0] if scope.get("client") else None,
+                }))
+
+
+def configure_logging(access_log_enabled=True):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.handlers[:] = [handler]
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO if access_log_enabled else logging.WARNING)
