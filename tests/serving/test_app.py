@@ -1,0 +1,129 @@
+import io
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from components.kaggle_csv import read_csv
+
+INFER = "/v2/models/digit-recognizer/infer"
+
+
+@pytest.fixture(scope="module")
+def digits(fixture_data):
+    labels, pixels = read_csv(fixture_data / "train.csv", labelled=True)
+    return labels[:32], pixels[:32]
+
+
+def v2_request(pixels, datatype="UINT8", **extra):
+    return {"inputs": [{"name": "pixels", "shape": [len(pixels), 784], "datatype": datatype,
+                        "data": np.asarray(pixels).ravel().tolist()}], **extra}
+
+
+def test_health_and_metadata(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/models/digit-recognizer/ready").json() == {"name": "digit-recognizer", "ready": True}
+    metadata = client.get("/v2/models/digit-recognizer").json()
+    assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert [output["name"] for output in metadata["outputs"]] == ["probabilities", "label"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+
+
+def test_v2_infer_json(client, digits):
+    labels, pixels = digits
+    response = client.post(INFER, json=v2_request(pixels, id="request-7"))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["id"] == "request-7" and answer["model_name"] == "digit-recognizer"
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert outputs["probabilities"]["shape"] == [32, 10] and outputs["probabilities"]["datatype"] == "FP32"
+    assert outputs["label"] == {"name": "label", "shape": [32], "datatype": "INT64", "data": outputs["label"]["data"]}
+    assert (np.array(outputs["label"]["data"]) == labels).mean() >= 0.95
+    np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(32, 10).sum(axis=1), 1, atol=1e-4)
+
+
+def test_v2_infer_binary(client, digits):
+    labels, pixels = digits
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [32, 28, 28, 1], "datatype": "UINT8",
+                                       "parameters": {"binary_data_size": pixels.size}}],
+                           "outputs": [{"name": "label", "parameters": {"binary_data": True}}]})
+    response = client.post(INFER, content=header + pixels.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header)),
+                                    "Content-Type": "application/octet-stream"})
+    assert response.status_code == 200
+    length = int(response.headers["inference-header-content-length"])
+    predicted = np.frombuffer(response.content[length:], "<i8")
+    assert (predicted == labels).mean() >= 0.95
+
+
+def test_predict_json_csv_and_images(client, digits):
+    labels, pixels = digits
+    one = client.post("/predict", json={"pixels": pixels[0].tolist()}).json()
+    assert set(one) == {"label", "probabilities"} and len(one["probabilities"]) == 10
+    many = client.post("/predict", json={"images": pixels[:5].tolist()}).json()
+    assert [p["label"] for p in many["predictions"]] == [one["label"], *[p["label"] for p in many["predictions"][1:]]]
+    header = "label," + ",".join(f"pixel{i}" for i in range(784))
+    rows = "\n".join(",".join(map(str, [label, *row])) for label, row in zip(labels[:5], pixels[:5]))
+    for body in (header + "\n" + rows, rows, "\n".join(",".join(map(str, row)) for row in pixels[:5])):
+        answer = client.post("/predict", content=body, headers={"Content-Type": "text/csv"}).json()
+        assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in many["predictions"]]
+    png = io.BytesIO()
+    Image.fromarray(255 - pixels[0].reshape(28, 28)).resize((140, 140)).save(png, format="PNG")
+    raw = client.post("/predict", content=png.getvalue(), headers={"Content-Type": "image/png"}).json()
+    form = client.post("/predict", files={"file": ("digit.png", png.getvalue(), "image/png")}).json()
+    assert raw["label"] == form["label"] == labels[0]
+
+
+@pytest.mark.parametrize("path, kwargs, status, message", [
+    (INFER, {"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "BOOL", "data": [0] * 784}]}}, 400, "datatype 'BOOL'"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "UINT8", "data": [0] * 783}]}}, 400, "is not [N, 28, 28, 1] or [N, 784]"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 783}]}}, 400, "'data' has 783"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [300] * 784}]}}, 400, "0-255"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [0, 784], "datatype": "FP32", "data": []}]}}, 400, "the batch is empty"),
+    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [65, 784], "datatype": "UINT8", "data": [0] * 65 * 784}]}}, 413, "over the limit of 64"),
+    (INFER, {"content": b"x" * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}}, 413, "over the limit"),
+    ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
+    ("/v2/models/other", {}, 404, "unknown model 'other'"),
+    ("/predict", {"content": b"GIF89a nonsense", "headers": {"Content-Type": "image/gif"}}, 400, "not an image"),
+    ("/predict", {"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported content type 'text/plain'"),
+    ("/predict", {"json": {"pixels": [0] * 783}}, 400, "784 pixel values"),
+    ("/predict", {"json": {"pixels": ["a"] * 784}}, 400, "only numbers"),
+    ("/predict", {"json": {"images": [[0] * 784, [0] * 10]}}, 400, "'images'[1]"),
+    ("/predict", {"json": {"digits": []}}, 400, "needs 'pixels'"),
+    ("/predict", {"content": b"1,2,3\n", "headers": {"Content-Type": "text/csv"}}, 400, "CSV row 1 has 3 pixel values"),
+    ("/predict", {"files": {"upload": ("a.png", b"x", "image/png")}}, 400, "field named 'file'"),
+])
+def test_bad_input_gets_a_4xx_that_says_what_is_wrong(client, path, kwargs, status, message):
+    method = client.get if path == "/v2/models/other" else client.post
+    response = method(path, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert client.get("/v2/health/ready").status_code == 200  # still serving
+
+
+def test_nan_in_binary_tensor(client):
+    values = np.zeros(784, "<f4")
+    values[3] = np.nan
+    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": values.nbytes}}]})
+    response = client.post(INFER, content=header + values.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "NaN or infinity" in response.json()["error"]
+
+
+def test_page_and_openapi_docs(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert "http" not in page.text.split("<script>")[1]  # no CDN: everything it needs is on the page
+    assert "/v2/models/{name}/infer" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics_count_requests_and_batches(client):
+    client.get("/v2/health/live")
+    text = client.get("/metrics").text
+    assert 'requests_total{route="/v2/health/live",status="200"}' in text
+    assert "request_seconds_bucket" in text and "batch_images_count" in text
