@@ -15,7 +15,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from components.artifacts import InputError, atomic_path, load_arrays
 from components.cli import run_cli, signature_defaults
-from components.kaggle_csv import IMAGE_SIZE
+from components.kaggle_format import IMAGE_SIZE
 from components.onnx_model import INPUT_NAME, load_session, predict
 from components.train import load_model
 

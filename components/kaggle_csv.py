@@ -5,20 +5,13 @@ Every value is an integer: labels 0-9, pixels 0-255. Windows line endings and a
 UTF-8 byte-order mark are accepted.
 """
 import csv
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from components.artifacts import InputError
-
-IMAGE_SIZE = 28
-PIXEL_COLUMNS = [f"pixel{index}" for index in range(IMAGE_SIZE * IMAGE_SIZE)]
-TRAIN_HEADER = ["label", *PIXEL_COLUMNS]
-TEST_HEADER = PIXEL_COLUMNS
-SUBMISSION_HEADER = "ImageId,Label"
-_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+from components.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
 
 
 def expected_header(labelled):
@@ -95,24 +88,11 @@ def _find_bad_value(path, labelled):
                 if len(row) != len(header):
                     raise InputError(f"{where} has {len(row)} values, expected {len(header)}")
                 for name, value in zip(header, row):
-                    problem = _value_problem(name, value)
+                    problem = value_problem(name, value)
                     if problem:
                         raise InputError(f"{where}, column '{name}': {problem}")
         except (UnicodeDecodeError, csv.Error) as error:
             raise InputError(f"{path}: line {reader.line_num + 1}: not a CSV text line ({error})") from None
-
-
-def _value_problem(name, value):
-    if not value.strip():
-        return "missing value"
-    if not _INTEGER.fullmatch(value):
-        return f"'{value}' is not an integer"
-    number = int(value)
-    if name == "label" and not 0 <= number <= 9:
-        return f"label {number} is not a digit 0-9"
-    if name != "label" and not 0 <= number <= 255:
-        return f"pixel value {number} is outside 0-255"
-    return None
 
 
 def _describe(labelled):

@@ -9,7 +9,8 @@ import numpy as np
 
 from components.artifacts import InputError, save_arrays
 from components.cli import run_cli, signature_defaults
-from components.kaggle_csv import IMAGE_SIZE, read_csv
+from components.kaggle_csv import read_csv
+from components.kaggle_format import IMAGE_SIZE
 
 
 def stratified_split(labels, validation_fraction=0.1, seed=42):

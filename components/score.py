@@ -10,7 +10,8 @@ import numpy as np
 
 from components.artifacts import atomic_path
 from components.cli import run_cli, signature_defaults
-from components.kaggle_csv import SUBMISSION_HEADER, iter_csv
+from components.kaggle_csv import iter_csv
+from components.kaggle_format import SUBMISSION_HEADER
 from components.onnx_model import load_session, predict
 from components.plots import digit_grid
 from components.preprocess import as_images

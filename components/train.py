@@ -15,7 +15,7 @@ from keras import layers
 
 from components.artifacts import InputError, atomic_path, load_arrays, save_json
 from components.cli import run_cli, signature_defaults
-from components.kaggle_csv import IMAGE_SIZE
+from components.kaggle_format import IMAGE_SIZE
 from components.plots import training_curves
 
 MODEL_FILE = "model.keras"

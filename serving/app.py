@@ -3,8 +3,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from components.artifacts import InputError
+from components.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
 from components.onnx_model import load_session
 from serving.batching import Batcher
 from serving.errors import BadRequest
@@ -21,6 +24,7 @@ from serving.images import image_to_pixels
 from serving.protocol import infer_response, parse_infer_request, pixels_from_array
 
 STATIC = Path(__file__).parent / "static"
+_LONG_NUMBER = re.compile(r"\d{10}")
 access_log = logging.getLogger("serving.access")
 
 
@@ -219,7 +223,10 @@ def _numbers(values, what, expected=None):
 
 
 def _csv_images(body):
-    """Kaggle CSV rows (header optional; a `label` column is ignored) as images."""
+    """Kaggle CSV rows (header optional; a `label` column is ignored) as images.
+
+    numpy parses the integers in C; only a body it refuses is walked field by field to name the fault.
+    """
     try:
         lines = [line for line in body.decode("utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
@@ -230,17 +237,32 @@ def _csv_images(body):
         has_label = bool(lines) and lines[0].count(",") == 784
     if not lines:
         raise BadRequest("the CSV body has no rows")
-    rows = []
+    columns = TRAIN_HEADER if has_label else TEST_HEADER
     for number, line in enumerate(lines, start=1):
-        fields = line.split(",")[1 if has_label else 0:]
-        if len(fields) != 784:
-            raise BadRequest(f"CSV row {number} has {len(fields)} pixel values, expected 784")
-        rows.append(fields)
-    try:
-        values = np.array(rows, dtype=np.float64)
-    except ValueError:
-        raise BadRequest("the CSV rows must hold only numbers") from None
-    return pixels_from_array(values, "CSV")
+        if line.count(",") != len(columns) - 1:
+            raise BadRequest(f"CSV row {number} has {line.count(',') + 1} values, expected {len(columns)}")
+    text = ",".join(lines)
+    values = None
+    if not _LONG_NUMBER.search(text):  # numpy's integer parser wraps around past 64 bits
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            try:
+                values = np.fromstring(text, dtype=np.int64, sep=",")
+            except (ValueError, DeprecationWarning):
+                values = None
+    if values is None or values.size != len(lines) * len(columns):
+        for number, line in enumerate(lines, start=1):
+            for name, field in zip(columns, line.split(",")):
+                problem = value_problem(name, field)
+                if problem:
+                    raise BadRequest(f"CSV row {number}, column '{name}': {problem}")
+        raise BadRequest("the CSV rows could not be read as integers")
+    pixels = values.reshape(len(lines), len(columns))[:, 1:] if has_label else values.reshape(len(lines), -1)
+    outside = np.argwhere((pixels < 0) | (pixels > 255))
+    if len(outside):
+        row, column = outside[0]
+        raise BadRequest(f"CSV row {row + 1}, column 'pixel{column}': pixel value {pixels[row, column]} is outside 0-255")
+    return pixels_from_array(pixels, "CSV")
 
 
 class MetricsAndAccessLog:

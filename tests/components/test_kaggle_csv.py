@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from components.artifacts import InputError
-from components.kaggle_csv import TEST_HEADER, TRAIN_HEADER, iter_csv, read_csv
+from components.kaggle_csv import iter_csv, read_csv
+from components.kaggle_format import TEST_HEADER, TRAIN_HEADER
 
 
 def write_rows(path, header, rows, newline="\n", bom=False):

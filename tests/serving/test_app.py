@@ -93,7 +93,15 @@ def test_predict_json_csv_and_images(client, digits):
     ("/predict", {"json": {"pixels": ["a"] * 784}}, 400, "only numbers"),
     ("/predict", {"json": {"images": [[0] * 784, [0] * 10]}}, 400, "'images'[1]"),
     ("/predict", {"json": {"digits": []}}, 400, "needs 'pixels'"),
-    ("/predict", {"content": b"1,2,3\n", "headers": {"Content-Type": "text/csv"}}, 400, "CSV row 1 has 3 pixel values"),
+    ("/predict", {"content": b"1,2,3\n", "headers": {"Content-Type": "text/csv"}}, 400, "CSV row 1 has 3 values, expected 784"),
+    ("/predict", {"content": ("0," * 783 + "256").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
+     "CSV row 1, column 'pixel783': pixel value 256 is outside 0-255"),
+    ("/predict", {"content": ("0," * 783 + "1.5").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
+     "CSV row 1, column 'pixel783': '1.5' is not an integer"),
+    ("/predict", {"content": ("0," * 783 + "4294967301").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
+     "pixel value 4294967301 is outside 0-255"),
+    ("/predict", {"content": ("0," * 783 + "0\n" + "0," * 782 + ",0").encode(), "headers": {"Content-Type": "text/csv"}},
+     400, "CSV row 2, column 'pixel782': missing value"),
     ("/predict", {"files": {"upload": ("a.png", b"x", "image/png")}}, 400, "field named 'file'"),
 ])
 def test_bad_input_gets_a_4xx_that_says_what_is_wrong(client, path, kwargs, status, message):
