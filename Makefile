@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 DATA := data/digit-recognizer
 PROFILE ?= default
 
-.PHONY: run test install data compile kaggle-submit clean
+.PHONY: run test install data compile images serve bench bench-env kaggle-submit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[pipeline,serve,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,9 +40,36 @@ test: install
 compile: install
 	$(BIN)/python pipeline.py compile
 
+# TENSORFLOW=gpu (tensorflow[and-cuda]) or cpu; IMAGE_PREFIX (e.g. ghcr.io/me/) and TAG name the images.
+TENSORFLOW ?= gpu
+IMAGE_PREFIX ?=
+TAG ?= latest
+images:
+	docker build -f Dockerfile.train --build-arg TENSORFLOW=$(TENSORFLOW) -t $(IMAGE_PREFIX)digit-recognizer-train:$(TAG) .
+	docker build -f Dockerfile.serve -t $(IMAGE_PREFIX)digit-recognizer-serve:$(TAG) .
+
+MODEL ?= runs/latest/model.onnx
+serve: install
+	@test -f $(MODEL) || { echo "error: $(MODEL) not found: run make run first, or make serve MODEL=path/to/model.onnx"; exit 1; }
+	$(BIN)/python -m serving --model $(MODEL)
+
+# The benchmarks' peer, KServe, lives in its own environment; wrk is Debian's load generator.
+bench-env: .venv-kserve/.installed
+.venv-kserve/.installed:
+	$(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/pip install --quiet kserve==0.21.0 onnxruntime==1.32.0
+	touch $@
+
+bench: install bench-env
+	@command -v wrk >/dev/null || { echo "error: wrk is missing: apt-get install wrk"; exit 1; }
+	@test -f runs/latest/model.int8.onnx || { echo "error: runs/latest has no model: run make run first"; exit 1; }
+	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_serving.py
+
 kaggle-submit:
 	@test -f runs/latest/submission.csv || { echo "error: runs/latest/submission.csv not found: run make run first"; exit 1; }
 	kaggle competitions submit -c digit-recognizer -f runs/latest/submission.csv -m "$${MESSAGE:-digit-recognizer pipeline $$(readlink runs/latest)}"
 
 clean:
-	rm -rf $(VENV) runs digit_recognizer_pipeline.yaml
+	rm -rf $(VENV) .venv-kserve runs digit_recognizer_pipeline.yaml

@@ -1,11 +1,12 @@
 """The Digit Recognizer pipeline for Kubeflow Pipelines (KFP v2), and its command line.
 
-    python pipeline.py compile [--output digit_recognizer_pipeline.yaml]
+    python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG]
     python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default] [--param NAME=VALUE ...]
+                           [--docker [--image-prefix PREFIX] [--tag TAG]]
 
-`run` executes every step on this machine with kfp.local (no cluster, no Docker)
-and copies what a user wants into `--out` (default runs/<timestamp>/, with
-runs/latest pointing at the newest).
+`run` executes every step on this machine with kfp.local, in this Python environment
+or (`--docker`) each step in its container, and copies what a user wants into `--out`
+(default runs/<timestamp>/, with runs/latest pointing at the newest).
 """
 import argparse
 import datetime
@@ -23,9 +24,7 @@ from kfp.dsl import Artifact, Dataset, Model
 
 from components.cli import signature_defaults
 from components.export import export
-from components.kfp_components import (
-    evaluate_component, export_component, preprocess_component, score_component, train_component,
-)
+from components.kfp_components import kfp_components
 from components.preprocess import preprocess
 from components.train import MODEL_FILE, train
 
@@ -35,6 +34,7 @@ PROFILES = {
     "default": {},  # the function defaults below
 }
 DEFAULT_DATA = Path("data/digit-recognizer")
+IMAGE_NAME = "digit-recognizer-train"  # built from Dockerfile.train (make images)
 KAGGLE_HELP = (
     "get Kaggle's files with `kaggle competitions download -c digit-recognizer -p {data}` and unzip them there "
     "(the Kaggle CLI needs ~/.kaggle/kaggle.json: kaggle.com > Settings > Create New Token), "
@@ -54,58 +54,69 @@ class PipelineOutputs(NamedTuple):
     test_samples: Artifact
 
 
-@dsl.pipeline(
-    name="digit-recognizer",
-    description="Kaggle Digit Recognizer: validate CSVs, train a Keras CNN, export to ONNX, evaluate, write submission.csv",
-)
-def digit_recognizer_pipeline(
-    train_csv: str,
-    test_csv: str,
-    validation_fraction: float = PREPROCESS["validation_fraction"],
-    seed: int = PREPROCESS["seed"],
-    epochs: int = TRAIN["epochs"],
-    batch_size: int = TRAIN["batch_size"],
-    learning_rate: float = TRAIN["learning_rate"],
-    weight_decay: float = TRAIN["weight_decay"],
-    label_smoothing: float = TRAIN["label_smoothing"],
-    augment: bool = TRAIN["augment"],
-    patience: int = TRAIN["patience"],
-    parity_tolerance: float = EXPORT["tolerance"],
-    score_with_int8: bool = False,
-) -> PipelineOutputs:
-    train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
-    test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
-    arrays = preprocess_component(
-        train_csv=train_file.output, test_csv=test_file.output, validation_fraction=validation_fraction, seed=seed,
-    ).set_display_name("preprocess")
-    trained = train_component(
-        train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
-    ).set_display_name("train")
-    exported = export_component(
-        model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
-        validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
-    ).set_display_name("export")
-    evaluated = evaluate_component(
-        onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
-        validation_data=arrays.outputs["validation_data"],
-    ).set_display_name("evaluate")
-    scored = score_component(
-        onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
-        test_csv=test_file.output, score_with_int8=score_with_int8,
-    ).set_display_name("score")
-    return PipelineOutputs(
-        submission=scored.outputs["submission"],
-        onnx_model=exported.outputs["onnx_model"],
-        int8_model=exported.outputs["int8_model"],
-        keras_model=trained.outputs["model"],
-        history=trained.outputs["history"],
-        metrics=evaluated.outputs["metrics_json"],
-        training_curves=trained.outputs["training_curves"],
-        confusion_matrix=evaluated.outputs["confusion_matrix"],
-        test_samples=scored.outputs["test_samples"],
+def train_image(image_prefix="", tag="latest"):
+    """The training image's full name: `--image-prefix ghcr.io/me/ --tag v1` gives ghcr.io/me/digit-recognizer-train:v1."""
+    return f"{image_prefix}{IMAGE_NAME}:{tag}"
+
+
+def build_pipeline(image=train_image()):
+    """The KFP pipeline, its steps running in `image`."""
+    steps = kfp_components(image)
+
+    @dsl.pipeline(
+        name="digit-recognizer",
+        description="Kaggle Digit Recognizer: validate CSVs, train a Keras CNN, export to ONNX, evaluate, write submission.csv",
     )
+    def digit_recognizer_pipeline(
+        train_csv: str,
+        test_csv: str,
+        validation_fraction: float = PREPROCESS["validation_fraction"],
+        seed: int = PREPROCESS["seed"],
+        epochs: int = TRAIN["epochs"],
+        batch_size: int = TRAIN["batch_size"],
+        learning_rate: float = TRAIN["learning_rate"],
+        weight_decay: float = TRAIN["weight_decay"],
+        label_smoothing: float = TRAIN["label_smoothing"],
+        augment: bool = TRAIN["augment"],
+        patience: int = TRAIN["patience"],
+        parity_tolerance: float = EXPORT["tolerance"],
+        score_with_int8: bool = False,
+    ) -> PipelineOutputs:
+        train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
+        test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
+        arrays = steps["preprocess"](
+            train_csv=train_file.output, test_csv=test_file.output, validation_fraction=validation_fraction, seed=seed,
+        ).set_display_name("preprocess")
+        trained = steps["train"](
+            train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+            label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
+        ).set_display_name("train")
+        exported = steps["export"](
+            model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
+            validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
+        ).set_display_name("export")
+        evaluated = steps["evaluate"](
+            onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
+            validation_data=arrays.outputs["validation_data"],
+        ).set_display_name("evaluate")
+        scored = steps["score"](
+            onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
+            test_csv=test_file.output, score_with_int8=score_with_int8,
+        ).set_display_name("score")
+        return PipelineOutputs(
+            submission=scored.outputs["submission"],
+            onnx_model=exported.outputs["onnx_model"],
+            int8_model=exported.outputs["int8_model"],
+            keras_model=trained.outputs["model"],
+            history=trained.outputs["history"],
+            metrics=evaluated.outputs["metrics_json"],
+            training_curves=trained.outputs["training_curves"],
+            confusion_matrix=evaluated.outputs["confusion_matrix"],
+            test_samples=scored.outputs["test_samples"],
+        )
+
+    return digit_recognizer_pipeline
 
 
 # What `run` copies out of the pipeline's outputs, under the names a user looks for.
@@ -122,14 +133,14 @@ RUN_FILES = {
 }
 
 
-def compile_pipeline(output="digit_recognizer_pipeline.yaml"):
-    compiler.Compiler().compile(digit_recognizer_pipeline, package_path=str(output))
+def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=train_image()):
+    compiler.Compiler().compile(build_pipeline(image), package_path=str(output))
     return Path(output)
 
 
 def pipeline_parameters():
     """Each pipeline parameter's name and Python type, from the pipeline's own signature."""
-    signature = inspect.signature(digit_recognizer_pipeline.pipeline_func)
+    signature = inspect.signature(build_pipeline().pipeline_func)
     return {name: _boolean if p.annotation is bool else p.annotation for name, p in signature.parameters.items()}
 
 
@@ -175,8 +186,13 @@ class ErrorLineWatcher:
         return getattr(self.stream, name)
 
 
-def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=()):
-    """Run the whole pipeline with kfp.local's SubprocessRunner; copy its outputs into `out`; return `out`."""
+def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docker_image=None):
+    """Run the whole pipeline with kfp.local and copy its outputs into `out`; return `out`.
+
+    Without `docker_image` each step runs in a subprocess of this environment (SubprocessRunner);
+    with it, in a container of that image (DockerRunner, which mounts the pipeline root: the
+    CSVs are copied in there so the containers can read them).
+    """
     data = Path(data).resolve()
     for name in ("train.csv", "test.csv"):
         if not (data / name).is_file():
@@ -186,13 +202,23 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=()):
     started = time.time()
     watcher = ErrorLineWatcher(sys.stdout)
     with tempfile.TemporaryDirectory(prefix="digit-recognizer-") as pipeline_root:
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+        if docker_image:
+            runner = local.DockerRunner()
+            mounted = Path(pipeline_root) / "data"
+            mounted.mkdir()
+            for name in ("train.csv", "test.csv"):
+                shutil.copyfile(data / name, mounted / name)
+            data = mounted
+        else:
+            runner = local.SubprocessRunner(use_venv=False)
+        local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True)
         # kfp.local warns that our image's name lacks "python" and that display names are cluster-only: both are moot here.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=r".*settings \['display_name'\] have no effect", category=UserWarning)
+        pipeline = build_pipeline(docker_image or train_image())
         sys.stdout = watcher
         try:
-            outputs = digit_recognizer_pipeline(train_csv=str(data / "train.csv"), test_csv=str(data / "test.csv"), **arguments)
+            outputs = pipeline(train_csv=str(data / "train.csv"), test_csv=str(data / "test.csv"), **arguments)
         except RuntimeError as error:
             raise SystemExit(watcher.last_error or f"error: the pipeline failed: {error}") from None
         finally:
@@ -223,16 +249,25 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     compile_parser = commands.add_parser("compile", help="write the pipeline YAML that a Kubeflow cluster accepts")
     compile_parser.add_argument("--output", default="digit_recognizer_pipeline.yaml", help="YAML file to write (default: %(default)s)")
+    image_options(compile_parser)
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
     run_parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: the full recipe")
     run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter, e.g. --param epochs=20 (repeatable)")
+    run_parser.add_argument("--docker", action="store_true", help="run each step in its container (kfp.local's DockerRunner; make images builds the image)")
+    image_options(run_parser)
     args = parser.parse_args(argv)
+    image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
-        print(f"wrote {compile_pipeline(args.output)}")
+        print(f"wrote {compile_pipeline(args.output, image)} (steps run in {image})")
     else:
-        run_locally(args.data, args.out, args.profile, args.param)
+        run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
+
+
+def image_options(parser):
+    parser.add_argument("--image-prefix", default="", help=f"registry and path before {IMAGE_NAME}, e.g. ghcr.io/me/ (default: none)")
+    parser.add_argument("--tag", default="latest", help="the training image's tag (default: %(default)s)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
-"""The KFP v2 components: thin wrappers that run in TRAIN_IMAGE and call each step's function.
+"""The KFP v2 components: thin wrappers that run in the training image and call each step's function.
 
 They live apart from the steps because KFP's executor loads a slimmed `kfp.dsl`
 (no `dsl.component`) inside the running container: a step module that used the
-decorator could not be imported there.
+decorator could not be imported there. The image is a setting, so `kfp_components(image)`
+makes the components for a given image.
 """
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components import TRAIN_IMAGE
-
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def preprocess_component(
     train_csv: Input[Dataset],
     test_csv: Input[Dataset],
@@ -32,7 +30,6 @@ def preprocess_component(
         artifact.metadata["rows"] = summary[rows]
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_component(
     train_data: Input[Dataset],
     validation_data: Input[Dataset],
@@ -62,7 +59,6 @@ def train_component(
                           best_validation_accuracy=max(result["val_accuracy"]))
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def export_component(
     model: Input[Model],
     train_data: Input[Dataset],
@@ -84,7 +80,6 @@ def export_component(
         parity_metrics.log_metric(name, value)
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def evaluate_component(
     onnx_model: Input[Model],
     int8_model: Input[Model],
@@ -110,7 +105,6 @@ def evaluate_component(
     classification_metrics.log_confusion_matrix([str(digit) for digit in range(10)], result["confusion_matrix"])
 
 
-@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def score_component(
     onnx_model: Input[Model],
     int8_model: Input[Model],
@@ -127,3 +121,17 @@ def score_component(
     result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path,
                                  submission=submission.path, samples_png=test_samples.path))
     submission.metadata.update(result, model="int8" if score_with_int8 else "fp32")
+
+
+STEPS = {
+    "preprocess": preprocess_component,
+    "train": train_component,
+    "export": export_component,
+    "evaluate": evaluate_component,
+    "score": score_component,
+}
+
+
+def kfp_components(image):
+    """Each step as a KFP component whose container runs `image` (which has this package and kfp installed)."""
+    return {name: dsl.component(function, base_image=image, install_kfp_package=False) for name, function in STEPS.items()}

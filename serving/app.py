@@ -123,9 +123,10 @@ def create_app(model_path, **settings):
     async def live():
         return {"live": True}
 
+    # The V2 protocol answers readiness with the status: 200 for true, a 4xx for false.
     @app.get("/v2/health/ready", summary="Readiness: true once the model is loaded and warmed")
     async def ready():
-        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 400)
 
     @app.get("/v2/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
     async def model_metadata(name: str):
@@ -140,7 +141,7 @@ def create_app(model_path, **settings):
     @app.get("/v2/models/{name}/ready", summary="Model readiness")
     async def model_ready(name: str):
         server.check_model_name(name)
-        return JSONResponse({"name": server.name, "ready": server.ready}, status_code=200 if server.ready else 503)
+        return JSONResponse({"name": server.name, "ready": server.ready}, status_code=200 if server.ready else 400)
 
     @app.post("/v2/models/{name}/infer", summary="V2 inference (JSON tensors or the binary tensor extension)")
     async def infer(name: str, request: Request):

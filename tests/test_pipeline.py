@@ -17,15 +17,21 @@ STEPS = ["preprocess", "train", "export", "evaluate", "score"]
 
 
 def test_compiled_yaml_wires_five_steps_in_our_image(tmp_path):
-    spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
+    spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml", pipeline.train_image("registry.example/team/", "v3")).read_text())
     executors = spec["deploymentSpec"]["executors"]
     containers = {name: executor["container"] for name, executor in executors.items() if "container" in executor}
     assert sorted(containers) == sorted(f"exec-{step}-component" for step in STEPS)
-    assert {container["image"] for container in containers.values()} == {"digit-recognizer-train:latest"}
+    assert {container["image"] for container in containers.values()} == {"registry.example/team/digit-recognizer-train:v3"}
     assert sum("importer" in executor for executor in executors.values()) == 2
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train-component"]["dependentTasks"] == ["preprocess-component"]
     assert sorted(tasks["score-component"]["dependentTasks"]) == ["export-component", "importer-2"]
+
+
+def test_compile_command_names_the_image(tmp_path):
+    result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "p.yaml"), "--image-prefix", "ghcr.io/me/", "--tag", "v1")
+    assert result.returncode == 0, result.stderr
+    assert "image: ghcr.io/me/digit-recognizer-train:v1" in (tmp_path / "p.yaml").read_text()
 
 
 def test_pipeline_defaults_are_the_functions_defaults(tmp_path):

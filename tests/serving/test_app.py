@@ -44,6 +44,34 @@ def test_v2_infer_json(client, digits):
     np.testing.assert_allclose(np.array(outputs["probabilities"]["data"]).reshape(32, 10).sum(axis=1), 1, atol=1e-4)
 
 
+# The V2 protocol's documented JSON objects: every field the spec allows, and which are required.
+SPEC_DATATYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                  "FP16", "FP32", "FP64", "BYTES"}
+
+
+def check_spec_tensors(tensors, allowed, required):
+    for tensor in tensors:
+        assert required <= set(tensor) <= allowed
+        assert tensor["datatype"] in SPEC_DATATYPES
+        assert all(isinstance(dimension, int) for dimension in tensor["shape"])
+        if "data" in tensor:
+            assert len(tensor["data"]) == np.prod([max(d, 1) for d in tensor["shape"]]) or -1 in tensor["shape"]
+
+
+def test_v2_objects_match_the_documented_json(client, digits):
+    server = client.get("/v2").json()
+    assert set(server) == {"name", "version", "extensions"} and isinstance(server["extensions"], list)
+    metadata = client.get("/v2/models/digit-recognizer").json()
+    assert {"name", "platform", "inputs", "outputs"} <= set(metadata) <= {"name", "versions", "platform", "inputs", "outputs"}
+    check_spec_tensors(metadata["inputs"] + metadata["outputs"], {"name", "datatype", "shape"}, {"name", "datatype", "shape"})
+    _, pixels = digits
+    answer = client.post(INFER, json=v2_request(pixels[:3], id="abc")).json()
+    assert {"model_name", "outputs"} <= set(answer) <= {"model_name", "model_version", "id", "parameters", "outputs"}
+    check_spec_tensors(answer["outputs"], {"name", "shape", "datatype", "parameters", "data"}, {"name", "shape", "datatype", "data"})
+    asked = client.post(INFER, json=v2_request(pixels[:3], outputs=[{"name": "label"}])).json()
+    assert [output["name"] for output in asked["outputs"]] == ["label"] and "id" not in asked
+
+
 def test_v2_infer_binary(client, digits):
     labels, pixels = digits
     header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [32, 28, 28, 1], "datatype": "UINT8",
@@ -135,3 +163,16 @@ def test_metrics_count_requests_and_batches(client):
     text = client.get("/metrics").text
     assert 'requests_total{route="/v2/health/live",status="200"}' in text
     assert "request_seconds_bucket" in text and "batch_images_count" in text
+
+
+def test_not_ready_until_the_model_is_loaded(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    with TestClient(create_app(tmp_path / "missing.onnx")) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").json() == {"ready": False}
+        assert client.get("/v2/health/ready").status_code == 400  # the V2 protocol's "false"
+        response = client.post(INFER, json=v2_request(np.zeros((1, 784), np.uint8)))
+        assert response.status_code == 503 and "not ready" in response.json()["error"]
