@@ -14,14 +14,20 @@ INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("probabilities", "label")
 
 
-def load_session(onnx_path, threads=0):
-    """An onnxruntime CPU session; `threads=0` lets onnxruntime use every core."""
+def load_session(onnx_path, threads=0, spin=True):
+    """An onnxruntime CPU session; `threads=0` lets onnxruntime use every core.
+
+    `spin=False` stops idle worker threads from spinning for more work: a server whose event
+    loop shares the cores with onnxruntime wants them back at once.
+    """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise InputError(f"{onnx_path}: file not found")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own untyped errors for a bad file
