@@ -15,6 +15,12 @@ def fixture_data():
 
 
 @pytest.fixture(scope="session")
+def served_model():
+    """A model exported by the real pipeline (default profile, seed 42): serving needs one that reads digits well."""
+    return ROOT / "tests" / "fixtures" / "model.onnx"
+
+
+@pytest.fixture(scope="session")
 def arrays(tmp_path_factory, fixture_data):
     """The fixture preprocessed once: paths of train, validation and test arrays."""
     from components.preprocess import preprocess

@@ -1,19 +1,9 @@
 import time
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-
-# A model exported by the real pipeline (default profile, seed 42): serving tests need one that reads digits well.
-SERVED_MODEL = Path(__file__).resolve().parent.parent / "fixtures" / "model.onnx"
-
-
-@pytest.fixture(scope="session")
-def served_model():
-    return SERVED_MODEL
-
 
 def wait_until_ready(client, seconds=10):
     deadline = time.monotonic() + seconds
