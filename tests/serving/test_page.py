@@ -55,3 +55,5 @@ def test_drawing_a_digit_shows_its_prediction(server, browser, digit, strokes): 
     assert all(request.startswith(url) for request in requests)  # nothing fetched from elsewhere
     page.click("#clear")
     assert page.locator("#label").inner_text() == ""
+    page.wait_for_timeout(300)  # an answer still on its way must not bring the old digit back
+    assert page.locator("#label").inner_text() == ""
