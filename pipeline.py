@@ -59,7 +59,10 @@ def train_image(image_prefix="", tag="latest"):
     return f"{image_prefix}{IMAGE_NAME}:{tag}"
 
 
-def build_pipeline(image=train_image()):
+DEFAULT_IMAGE = train_image()
+
+
+def build_pipeline(image=DEFAULT_IMAGE):
     """The KFP pipeline, its steps running in `image`."""
     steps = kfp_components(image)
 
@@ -133,7 +136,7 @@ RUN_FILES = {
 }
 
 
-def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=train_image()):
+def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE):
     compiler.Compiler().compile(build_pipeline(image), package_path=str(output))
     return Path(output)
 
@@ -215,7 +218,7 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docke
         # kfp.local warns that our image's name lacks "python" and that display names are cluster-only: both are moot here.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=r".*settings \['display_name'\] have no effect", category=UserWarning)
-        pipeline = build_pipeline(docker_image or train_image())
+        pipeline = build_pipeline(docker_image or DEFAULT_IMAGE)
         sys.stdout = watcher
         try:
             outputs = pipeline(train_csv=str(data / "train.csv"), test_csv=str(data / "test.csv"), **arguments)

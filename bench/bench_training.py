@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from components.kaggle_csv import read_csv
 from components.preprocess import as_images

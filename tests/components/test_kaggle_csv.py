@@ -121,3 +121,20 @@ def test_binary_file(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     with pytest.raises(InputError, match=r"train.csv: line 1 \(header\)"):
         read_csv(path, labelled=True)
+
+
+@pytest.mark.parametrize("text", [
+    "{header}\r\n{row}\r\n{row}\r\n",  # Windows line endings
+    "\ufeff{header}\n{row}\n",  # UTF-8 byte-order mark
+    "{header}\n{row}\n\n{row}\n\n",  # blank lines
+    "{header}\n{spaced}\n",  # spaces and plus signs around integers
+    "{header}\n{row}",  # no newline at the end
+])
+def test_odd_but_valid_files_read_as_pandas_reads_them(tmp_path, text):
+    row = ",".join(str((7 * index) % 256) for index in range(784))
+    spaced = ",".join(f" +{(3 * index) % 256} " for index in range(784))
+    path = tmp_path / "test.csv"
+    path.write_bytes(text.format(header=",".join(TEST_HEADER), row=row, spaced=spaced).encode())
+    _, pixels = read_csv(path, labelled=False)
+    expected = pd.read_csv(path, encoding="utf-8-sig").to_numpy()
+    np.testing.assert_array_equal(pixels, expected)
