@@ -60,11 +60,34 @@ def train_image(image_prefix="", tag="latest"):
 
 
 DEFAULT_IMAGE = train_image()
+DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+# What each step asks of a cluster node: CPU and memory requests and limits.
+RESOURCES = {
+    "preprocess": ("1", "2G", "2", "4G"),
+    "train": ("4", "8G", "8", "16G"),
+    "export": ("2", "4G", "2", "8G"),
+    "evaluate": ("1", "2G", "2", "4G"),
+    "score": ("2", "2G", "2", "4G"),
+}
+# Training on a GPU is not bit-for-bit repeatable, so its outputs are never taken from the cache.
+CACHED_STEPS = {"preprocess", "export", "evaluate", "score"}
 
 
-def build_pipeline(image=DEFAULT_IMAGE):
-    """The KFP pipeline, its steps running in `image`."""
-    steps = kfp_components(image)
+def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
+    """The KFP pipeline, its steps running in `image`; training asks for one `accelerator` (None: CPU only)."""
+    components = kfp_components(image)
+
+    def step(name, **arguments):
+        """A task of step `name`, with its resources, retries for transient failures, and caching."""
+        cpu_request, memory_request, cpu_limit, memory_limit = RESOURCES[name]
+        task = components[name](**arguments).set_display_name(name)
+        task.set_cpu_request(cpu_request).set_memory_request(memory_request)
+        task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+        task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
+        task.set_caching_options(name in CACHED_STEPS)
+        if name == "train" and accelerator:
+            task.set_accelerator_type(accelerator).set_accelerator_limit(1)
+        return task
 
     @dsl.pipeline(
         name="digit-recognizer",
@@ -87,26 +110,31 @@ def build_pipeline(image=DEFAULT_IMAGE):
     ) -> PipelineOutputs:
         train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
         test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
-        arrays = steps["preprocess"](
+        arrays = step(
+            "preprocess",
             train_csv=train_file.output, test_csv=test_file.output, validation_fraction=validation_fraction, seed=seed,
-        ).set_display_name("preprocess")
-        trained = steps["train"](
+        )
+        trained = step(
+            "train",
             train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
             label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
-        ).set_display_name("train")
-        exported = steps["export"](
+        )
+        exported = step(
+            "export",
             model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
             validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
-        ).set_display_name("export")
-        evaluated = steps["evaluate"](
+        )
+        evaluated = step(
+            "evaluate",
             onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
             validation_data=arrays.outputs["validation_data"],
-        ).set_display_name("evaluate")
-        scored = steps["score"](
+        )
+        scored = step(
+            "score",
             onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
             test_csv=test_file.output, score_with_int8=score_with_int8,
-        ).set_display_name("score")
+        )
         return PipelineOutputs(
             submission=scored.outputs["submission"],
             onnx_model=exported.outputs["onnx_model"],
@@ -136,8 +164,8 @@ RUN_FILES = {
 }
 
 
-def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE):
-    compiler.Compiler().compile(build_pipeline(image), package_path=str(output))
+def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
+    compiler.Compiler().compile(build_pipeline(image, accelerator), package_path=str(output))
     return Path(output)
 
 
@@ -215,9 +243,10 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docke
         else:
             runner = local.SubprocessRunner(use_venv=False)
         local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True)
-        # kfp.local warns that our image's name lacks "python" and that display names are cluster-only: both are moot here.
+        # kfp.local warns that our image's name lacks "python" and that resources, retries and display names are
+        # cluster-only: all moot here.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
-        warnings.filterwarnings("ignore", message=r".*settings \['display_name'\] have no effect", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*settings \[.*\] have no effect", category=UserWarning)
         pipeline = build_pipeline(docker_image or DEFAULT_IMAGE)
         sys.stdout = watcher
         try:
@@ -253,6 +282,8 @@ def main(argv=None):
     compile_parser = commands.add_parser("compile", help="write the pipeline YAML that a Kubeflow cluster accepts")
     compile_parser.add_argument("--output", default="digit_recognizer_pipeline.yaml", help="YAML file to write (default: %(default)s)")
     image_options(compile_parser)
+    compile_parser.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help="the accelerator the training step asks for (default: %(default)s)")
+    compile_parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=None, help="train on CPU nodes: ask for no accelerator")
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
@@ -263,7 +294,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
-        print(f"wrote {compile_pipeline(args.output, image)} (steps run in {image})")
+        print(f"wrote {compile_pipeline(args.output, image, args.accelerator)} (steps run in {image})")
     else:
         run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
 

@@ -108,3 +108,30 @@ def test_missing_data_says_how_to_get_it(tmp_path):
     assert result.returncode != 0
     assert "train.csv not found" in result.stderr
     assert "kaggle competitions download -c digit-recognizer" in result.stderr
+
+
+def test_cluster_settings_resources_gpu_retries_caching(tmp_path):
+    spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    tasks = spec["root"]["dag"]["tasks"]
+    for step in STEPS:
+        resources = executors[f"exec-{step}-component"]["container"]["resources"]
+        assert {"cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"} <= set(resources), step
+        task = tasks[f"{step}-component"]
+        assert task["retryPolicy"]["maxRetryCount"] == 2
+        assert task["cachingOptions"].get("enableCache", False) is (step != "train"), step
+        assert task["taskInfo"]["name"] == step
+    accelerator = executors["exec-train-component"]["container"]["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    assert all("accelerator" not in executors[f"exec-{step}-component"]["container"]["resources"]
+               for step in STEPS if step != "train")
+    cpu_only = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "cpu.yaml", accelerator=None).read_text())
+    assert "accelerator" not in cpu_only["deploymentSpec"]["executors"]["exec-train-component"]["container"]["resources"]
+
+
+def test_compile_command_chooses_the_accelerator(tmp_path):
+    for flags, expected in ((["--accelerator", "amd.com/gpu"], "resourceType: amd.com/gpu"), (["--no-gpu"], None)):
+        result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "p.yaml"), *flags)
+        assert result.returncode == 0, result.stderr
+        text = (tmp_path / "p.yaml").read_text()
+        assert (expected in text) if expected else ("accelerator" not in text)
