@@ -3,6 +3,8 @@
     python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG]
     python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default] [--param NAME=VALUE ...]
                            [--docker [--image-prefix PREFIX] [--tag TAG]]
+    python pipeline.py submit --host URL --train-csv URI --test-csv URI [--experiment NAME] [--run-name NAME]
+                              [--wait] [--param NAME=VALUE ...] [--namespace NS] [--token TOKEN]
 
 `run` executes every step on this machine with kfp.local, in this Python environment
 or (`--docker`) each step in its container, and copies what a user wants into `--out`
@@ -264,6 +266,45 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docke
     return out
 
 
+def submit(host, train_csv, test_csv, experiment="digit-recognizer", run_name=None, params=(), wait=False,
+           namespace=None, token=None, image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, poll_seconds=5,
+           timeout=7 * 24 * 3600):
+    """Compile the pipeline and start a run of it on the Kubeflow Pipelines at `host`.
+
+    Prints the run's id and link; with `wait`, follows the run and returns 0 if it succeeded, 1 if not.
+    """
+    import json
+
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    arguments = {"train_csv": train_csv, "test_csv": test_csv, **parse_params(params)}
+    with tempfile.TemporaryDirectory() as folder:
+        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator)
+        try:
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2", category=FutureWarning)
+            client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace)
+            print(f"run {run.run_id} started: {host.rstrip('/')}/#/runs/details/{run.run_id}", flush=True)
+            if not wait:
+                return 0
+            state = client.wait_for_run_completion(run.run_id, timeout=timeout, sleep_duration=poll_seconds).state
+        except ApiException as error:
+            try:
+                message = json.loads(error.body).get("message") or error.body
+            except (TypeError, ValueError):
+                message = error.body or error.reason
+            raise SystemExit(f"error: the Kubeflow Pipelines API at {host} answered {error.status}: {message}") from None
+        except (HTTPError, ConnectionError) as error:
+            raise SystemExit(f"error: cannot reach Kubeflow Pipelines at {host}: {error}") from None
+        except TimeoutError:
+            raise SystemExit(f"error: run {run.run_id} did not finish within {timeout} s") from None
+    print(f"run {run.run_id} finished: {state}")
+    return 0 if state == "SUCCEEDED" else 1
+
+
 def point_latest_at(out):
     """Make runs/latest a relative link to `out` when `out` lies in runs/, replacing any old link at once."""
     out = out.resolve()
@@ -282,8 +323,7 @@ def main(argv=None):
     compile_parser = commands.add_parser("compile", help="write the pipeline YAML that a Kubeflow cluster accepts")
     compile_parser.add_argument("--output", default="digit_recognizer_pipeline.yaml", help="YAML file to write (default: %(default)s)")
     image_options(compile_parser)
-    compile_parser.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help="the accelerator the training step asks for (default: %(default)s)")
-    compile_parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=None, help="train on CPU nodes: ask for no accelerator")
+    accelerator_options(compile_parser)
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
@@ -291,12 +331,34 @@ def main(argv=None):
     run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter, e.g. --param epochs=20 (repeatable)")
     run_parser.add_argument("--docker", action="store_true", help="run each step in its container (kfp.local's DockerRunner; make images builds the image)")
     image_options(run_parser)
+    submit_parser = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster (kfp.Client)")
+    submit_parser.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")
+    submit_parser.add_argument("--train-csv", required=True, help="train.csv as a URI the cluster reads (gs://, s3://, minio://)")
+    submit_parser.add_argument("--test-csv", required=True, help="test.csv as a URI the cluster reads")
+    submit_parser.add_argument("--experiment", default="digit-recognizer", help="experiment to file the run under (default: %(default)s)")
+    submit_parser.add_argument("--run-name", help="the run's name in the UI (default: the package name and time)")
+    submit_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter (repeatable)")
+    submit_parser.add_argument("--wait", action="store_true", help="follow the run to its end; exit 0 only if it succeeded")
+    submit_parser.add_argument("--poll-seconds", type=float, default=5, help="with --wait: seconds between status checks (default: %(default)s)")
+    submit_parser.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="with --wait: give up after this many seconds (default: a week)")
+    submit_parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow")
+    submit_parser.add_argument("--token", help="a bearer token for the KFP API (kfp.Client's existing_token)")
+    image_options(submit_parser)
+    accelerator_options(submit_parser)
     args = parser.parse_args(argv)
     image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
         print(f"wrote {compile_pipeline(args.output, image, args.accelerator)} (steps run in {image})")
+    elif args.command == "submit":
+        raise SystemExit(submit(args.host, args.train_csv, args.test_csv, args.experiment, args.run_name, args.param,
+                                args.wait, args.namespace, args.token, image, args.accelerator, args.poll_seconds, args.timeout))
     else:
         run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
+
+
+def accelerator_options(parser):
+    parser.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help="the accelerator the training step asks for (default: %(default)s)")
+    parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=None, help="train on CPU nodes: ask for no accelerator")
 
 
 def image_options(parser):

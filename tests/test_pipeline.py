@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -135,3 +136,66 @@ def test_compile_command_chooses_the_accelerator(tmp_path):
         assert result.returncode == 0, result.stderr
         text = (tmp_path / "p.yaml").read_text()
         assert (expected in text) if expected else ("accelerator" not in text)
+
+
+@pytest.fixture
+def kfp_api():
+    from tests.kfp_api_stand_in import StandInKfpApi
+    from tests.serving.test_main import free_port
+
+    def start(**settings):
+        api = StandInKfpApi(**settings)
+        port = free_port()
+        stoppers.append(api.serve(port))
+        return api, f"http://127.0.0.1:{port}"
+
+    stoppers = []
+    yield start
+    for stop in stoppers:
+        stop()
+
+
+def test_submit_sends_the_compiled_pipeline_and_follows_the_run(kfp_api, capsys):
+    api, host = kfp_api(run_states=["RUNNING", "RUNNING", "SUCCEEDED"])
+    status = pipeline.submit(host, "gs://bucket/train.csv", "gs://bucket/test.csv", experiment="mnist",
+                             run_name="nightly", params=["epochs=3"], wait=True, token="secret-token", poll_seconds=0.01)
+    assert status == 0
+    posts = {path: body for method, path, _, body, _ in api.requests if method == "POST"}
+    experiment = json.loads(posts["/apis/v2beta1/experiments"])
+    assert experiment["display_name"] == "mnist"
+    run = json.loads(posts["/apis/v2beta1/runs"])
+    assert run["display_name"] == "nightly"
+    assert run["experiment_id"] == next(iter(api.experiments))
+    assert run["runtime_config"]["parameters"] == {
+        "train_csv": "gs://bucket/train.csv", "test_csv": "gs://bucket/test.csv", "epochs": 3}
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "digit-recognizer"
+    assert {task for task in run["pipeline_spec"]["root"]["dag"]["tasks"]} >= {f"{step}-component" for step in STEPS}
+    assert all(headers.get("authorization") == "Bearer secret-token" for _, _, _, _, headers in api.requests)
+    output = capsys.readouterr().out
+    run_id = next(iter(api.runs))
+    assert f"run {run_id} started: {host}/#/runs/details/{run_id}" in output
+    assert f"run {run_id} finished: SUCCEEDED" in output
+
+
+def test_submit_exit_status_follows_a_failed_run(kfp_api):
+    _, host = kfp_api(run_states=["RUNNING", "FAILED"])
+    assert pipeline.submit(host, "gs://b/train.csv", "gs://b/test.csv", wait=True, poll_seconds=0.01) == 1
+
+
+def test_submit_reports_an_api_error_as_one_line(kfp_api, tmp_path):
+    _, host = kfp_api(reject_runs_with="epochs")
+    result = run_module("pipeline.py", "submit", "--host", host, "--train-csv", "gs://b/train.csv",
+                        "--test-csv", "gs://b/test.csv", "--param", "epochs=2")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the Kubeflow Pipelines API at {host} answered 400: unknown parameter epochs")
+    assert "Traceback" not in result.stderr
+
+
+def test_submit_to_nowhere_says_so():
+    from tests.serving.test_main import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"
+    result = run_module("pipeline.py", "submit", "--host", host, "--train-csv", "gs://b/train.csv", "--test-csv", "gs://b/test.csv")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot reach Kubeflow Pipelines at {host}")
