@@ -13,6 +13,7 @@ or (`--docker`) each step in its container, and copies what a user wants into `-
 import argparse
 import datetime
 import inspect
+import json
 import shutil
 import sys
 import tempfile
@@ -273,9 +274,7 @@ def submit(host, train_csv, test_csv, experiment="digit-recognizer", run_name=No
 
     Prints the run's id and link; with `wait`, follows the run and returns 0 if it succeeded, 1 if not.
     """
-    import json
-
-    import kfp
+    import kfp  # the client side of kfp: only submit needs it
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
