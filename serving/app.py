@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from components.artifacts import InputError
 from components.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
-from components.onnx_model import load_session
+from components.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
 from serving.batching import Batcher
 from serving.errors import BadRequest
 from serving.images import image_to_pixels
@@ -49,11 +49,11 @@ class ModelServer:
         # No spinning: idle onnxruntime threads would take the core the event loop needs (p99 1.1 ms, not 1.6).
         session = load_session(self.model_path, self.threads, spin=False)
         for size in (1, self.max_batch_size):
-            session.run(None, {"pixels": np.zeros((size, 28, 28, 1), np.float32)})
+            session.run(None, {INPUT_NAME: np.zeros((size, 28, 28, 1), np.float32)})
         self.session = session
 
     def predict(self, images):
-        probabilities, labels = self.session.run(["probabilities", "label"], {"pixels": images})
+        probabilities, labels = self.session.run(OUTPUT_NAMES, {INPUT_NAME: images})
         return probabilities, labels
 
     async def infer(self, images):
@@ -67,11 +67,14 @@ class ModelServer:
         if name != self.name:
             raise BadRequest(f"unknown model {name!r}: this server serves {self.name!r}", status=404)
 
-    async def body(self, request):
-        """The request body, refused with 413 past `max_body_bytes` before it is all read."""
+    def check_declared_length(self, request):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise BadRequest(f"body of {declared} bytes is over the limit of {self.max_body_bytes}", status=413)
+
+    async def body(self, request):
+        """The request body, refused with 413 past `max_body_bytes` before it is all read."""
+        self.check_declared_length(request)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -178,9 +181,7 @@ async def images_from_request(server, request):
     if content_type.startswith("image/"):
         return image_to_pixels(await server.body(request))[None]
     if content_type == "multipart/form-data":
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > server.max_body_bytes:
-            raise BadRequest(f"body of {declared} bytes is over the limit of {server.max_body_bytes}", status=413)
+        server.check_declared_length(request)
         try:
             form = await request.form(max_files=1, max_fields=10, max_part_size=server.max_body_bytes)
         except Exception as error:  # the multipart parser's own errors: a malformed form

@@ -113,6 +113,7 @@ def test_predict_json_csv_and_images(client, digits):
     (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [0, 784], "datatype": "FP32", "data": []}]}}, 400, "the batch is empty"),
     (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [65, 784], "datatype": "UINT8", "data": [0] * 65 * 784}]}}, 413, "over the limit of 64"),
     (INFER, {"content": b"x" * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}}, 413, "over the limit"),
+    ("/predict", {"files": {"file": ("big.png", b"x" * (1024 * 1024 + 1), "image/png")}}, 413, "over the limit"),
     ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
     ("/v2/models/other", {}, 404, "unknown model 'other'"),
     ("/predict", {"content": b"GIF89a nonsense", "headers": {"Content-Type": "image/gif"}}, 400, "not an image"),
