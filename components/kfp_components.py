@@ -112,6 +112,7 @@ def score_component(
     score_with_int8: bool,
     submission: Output[Dataset],
     test_samples: Output[Artifact],
+    scoring_metrics: Output[Metrics],
 ):
     """Kaggle's submission.csv from test.csv, scored in batches with onnxruntime (fp32 or int8 model)."""
     from components.cli import run_cli
@@ -121,6 +122,8 @@ def score_component(
     result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path,
                                  submission=submission.path, samples_png=test_samples.path))
     submission.metadata.update(result, model="int8" if score_with_int8 else "fp32")
+    for name in ("rows", "seconds", "images_per_second"):
+        scoring_metrics.log_metric(name, result[name])
 
 
 STEPS = {

@@ -126,6 +126,8 @@ def test_cluster_settings_resources_gpu_retries_caching(tmp_path):
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
     assert all("accelerator" not in executors[f"exec-{step}-component"]["container"]["resources"]
                for step in STEPS if step != "train")
+    score_outputs = spec["components"]["comp-score-component"]["outputDefinitions"]["artifacts"]
+    assert score_outputs["scoring_metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     cpu_only = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "cpu.yaml", accelerator=None).read_text())
     assert "accelerator" not in cpu_only["deploymentSpec"]["executors"]["exec-train-component"]["container"]["resources"]
 
