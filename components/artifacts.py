@@ -58,13 +58,3 @@ def load_arrays(path, *names):
 def save_json(path, value):
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(value, indent=2) + "\n")
-
-
-def load_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None

@@ -1,7 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 
-from components.artifacts import InputError, atomic_path, load_arrays, load_json, save_arrays, save_json
+from components.artifacts import InputError, atomic_path, load_arrays, save_arrays, save_json
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -43,9 +45,6 @@ def test_load_arrays_names_what_is_wrong(tmp_path):
         load_arrays(tmp_path / "text.npz", "images")
 
 
-def test_json_round_trip_and_bad_json(tmp_path):
+def test_save_json_writes_readable_json(tmp_path):
     save_json(tmp_path / "m.json", {"accuracy": 0.99})
-    assert load_json(tmp_path / "m.json") == {"accuracy": 0.99}
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="bad.json: not valid JSON"):
-        load_json(tmp_path / "bad.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"accuracy": 0.99}
