@@ -17,19 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Kaggle's files: already here, fetched with the Kaggle CLI when credentials exist, or a message saying how.
-data:
+# Kaggle's files: already here, or fetched with the Kaggle CLI (components/download.py says what it needs).
+data: install
 	@if [ -f $(DATA)/train.csv ] && [ -f $(DATA)/test.csv ]; then exit 0; fi; \
-	if command -v kaggle >/dev/null && { [ -f $$HOME/.kaggle/kaggle.json ] || [ -n "$$KAGGLE_KEY" ]; }; then \
-		mkdir -p $(DATA) && kaggle competitions download -c digit-recognizer -p $(DATA) && \
-		$(BIN)/python -m zipfile -e $(DATA)/digit-recognizer.zip $(DATA) && rm $(DATA)/digit-recognizer.zip; \
-	else \
-		echo "error: $(DATA)/train.csv and test.csv are missing. Either put Kaggle's files there"; \
-		echo "  (https://www.kaggle.com/competitions/digit-recognizer/data), or install the Kaggle CLI"; \
-		echo "  (pip install kaggle), save your API token as ~/.kaggle/kaggle.json"; \
-		echo "  (kaggle.com > Settings > Create New Token), accept the competition's rules, and run make run again."; \
-		exit 1; \
-	fi
+	echo "$(DATA)/train.csv and test.csv are missing: fetching them with the Kaggle CLI (or put Kaggle's files there:" \
+		"https://www.kaggle.com/competitions/digit-recognizer/data, after accepting the competition's rules)"; \
+	$(BIN)/python -m components.download --out $(DATA)
 
 run: install data
 	$(BIN)/python pipeline.py run --data $(DATA) --profile $(PROFILE)

@@ -1,10 +1,11 @@
 """The Digit Recognizer pipeline for Kubeflow Pipelines (KFP v2), and its command line.
 
-    python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG]
-    python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default] [--param NAME=VALUE ...]
+    python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG] [--kaggle-secret SECRET]
+    python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default|best] [--param NAME=VALUE ...]
                            [--docker [--image-prefix PREFIX] [--tag TAG]]
-    python pipeline.py submit --host URL --train-csv URI --test-csv URI [--experiment NAME] [--run-name NAME]
-                              [--wait] [--param NAME=VALUE ...] [--namespace NS] [--token TOKEN]
+    python pipeline.py submit --host URL (--train-csv URI --test-csv URI | --kaggle-secret SECRET)
+                              [--experiment NAME] [--run-name NAME] [--profile P] [--wait] [--param NAME=VALUE ...]
+                              [--namespace NS] [--token TOKEN]
 
 `run` executes every step on this machine with kfp.local, in this Python environment
 or (`--docker`) each step in its container, and copies what a user wants into `--out`
@@ -22,10 +23,11 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp import compiler, dsl, local
+from kfp import compiler, dsl, kubernetes, local
 from kfp.dsl import Artifact, Dataset, Model
 
 from components.cli import signature_defaults
+from components.download import COMPETITION
 from components.export import export
 from components.kfp_components import kfp_components
 from components.preprocess import preprocess
@@ -33,20 +35,22 @@ from components.train import MODEL_FILE, train
 
 PREPROCESS, TRAIN, EXPORT = signature_defaults(preprocess), signature_defaults(train), signature_defaults(export)
 PROFILES = {
-    "quick": {"epochs": 1},  # about a minute: demos and tests
-    "default": {},  # the function defaults below
+    "quick": {"epochs": 1, "accuracy_threshold": 0.9},  # about a minute: demos and tests
+    "default": {},  # the function defaults below: one CNN, 15 epochs
+    "best": {"ensemble_size": 5, "tta": True},  # a GPU, or about an hour of CPU (docs/MODEL.md)
 }
+PIPELINE_NAME = "digit-recognizer"
 DEFAULT_DATA = Path("data/digit-recognizer")
 IMAGE_NAME = "digit-recognizer-train"  # built from Dockerfile.train (make images)
 KAGGLE_HELP = (
-    "get Kaggle's files with `kaggle competitions download -c digit-recognizer -p {data}` and unzip them there "
-    "(the Kaggle CLI needs ~/.kaggle/kaggle.json: kaggle.com > Settings > Create New Token), "
+    "get Kaggle's files with `python -m components.download --out {data}` (the Kaggle CLI needs "
+    "~/.kaggle/kaggle.json: kaggle.com > Settings > API > Create New Token), "
     "or download them from https://www.kaggle.com/competitions/digit-recognizer/data"
 )
 
 
 class PipelineOutputs(NamedTuple):
-    submission: Dataset
+    """What every run produces; the gated outputs (submission, report) are the join and report steps' own."""
     onnx_model: Model
     int8_model: Model
     keras_model: Model
@@ -54,7 +58,6 @@ class PipelineOutputs(NamedTuple):
     metrics: Artifact
     training_curves: Artifact
     confusion_matrix: Artifact
-    test_samples: Artifact
 
 
 def train_image(image_prefix="", tag="latest"):
@@ -66,18 +69,29 @@ DEFAULT_IMAGE = train_image()
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 # What each step asks of a cluster node: CPU and memory requests and limits.
 RESOURCES = {
+    "download": ("1", "1G", "1", "2G"),
     "preprocess": ("1", "2G", "2", "4G"),
     "train": ("4", "8G", "8", "16G"),
     "export": ("2", "4G", "2", "8G"),
     "evaluate": ("1", "2G", "2", "4G"),
+    "reject": ("0.1", "256M", "1", "1G"),
+    "shard_plan": ("1", "1G", "1", "2G"),
     "score": ("2", "2G", "2", "4G"),
+    "join": ("0.5", "512M", "1", "1G"),
+    "report": ("1", "1G", "1", "2G"),
 }
-# Training on a GPU is not bit-for-bit repeatable, so its outputs are never taken from the cache.
-CACHED_STEPS = {"preprocess", "export", "evaluate", "score"}
+# Training on a GPU is not bit-for-bit repeatable, and a download or a refusal should happen anew each run.
+CACHED_STEPS = {"preprocess", "export", "evaluate", "shard_plan", "score", "join", "report"}
+RETRIED_STEPS = set(RESOURCES) - {"reject"}  # a refusal is an answer, not a transient failure
+KAGGLE_SECRET_KEYS = {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}  # the fields of kaggle.json
 
 
-def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
-    """The KFP pipeline, its steps running in `image`; training asks for one `accelerator` (None: CPU only)."""
+def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_secret=None):
+    """The KFP pipeline, its steps running in `image`; training asks for one `accelerator` (None: CPU only).
+
+    With `kaggle_secret` (the name of a Kubernetes secret holding kaggle.json's `username` and `key`),
+    the first step downloads the data with the Kaggle CLI and `train_csv`/`test_csv` are not read.
+    """
     components = kfp_components(image)
 
     def step(name, **arguments):
@@ -86,60 +100,92 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
         task = components[name](**arguments).set_display_name(name)
         task.set_cpu_request(cpu_request).set_memory_request(memory_request)
         task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
-        task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
+        if name in RETRIED_STEPS:
+            task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
         task.set_caching_options(name in CACHED_STEPS)
         if name == "train" and accelerator:
             task.set_accelerator_type(accelerator).set_accelerator_limit(1)
         return task
 
     @dsl.pipeline(
-        name="digit-recognizer",
-        description="Kaggle Digit Recognizer: validate CSVs, train a Keras CNN, export to ONNX, evaluate, write submission.csv",
+        name=PIPELINE_NAME,
+        description="Kaggle Digit Recognizer: validate CSVs, train Keras CNNs, export to ONNX, evaluate, "
+                    "and if accurate enough score test.csv in shards into submission.csv",
     )
     def digit_recognizer_pipeline(
-        train_csv: str,
-        test_csv: str,
+        train_csv: str = "",
+        test_csv: str = "",
         validation_fraction: float = PREPROCESS["validation_fraction"],
         seed: int = PREPROCESS["seed"],
         epochs: int = TRAIN["epochs"],
         batch_size: int = TRAIN["batch_size"],
         learning_rate: float = TRAIN["learning_rate"],
+        learning_rate_schedule: str = TRAIN["learning_rate_schedule"],
         weight_decay: float = TRAIN["weight_decay"],
         label_smoothing: float = TRAIN["label_smoothing"],
         augment: bool = TRAIN["augment"],
+        elastic: bool = TRAIN["elastic"],
         patience: int = TRAIN["patience"],
+        ensemble_size: int = TRAIN["ensemble_size"],
+        train_on_validation: bool = TRAIN["train_on_validation"],
+        pseudo_labels: bool = False,
+        pseudo_label_confidence: float = TRAIN["pseudo_label_confidence"],
+        mixed_precision: str = TRAIN["mixed_precision"],
+        tta: bool = EXPORT["tta"],
         parity_tolerance: float = EXPORT["tolerance"],
+        accuracy_threshold: float = 0.99,
+        score_shards: int = 4,
         score_with_int8: bool = False,
     ) -> PipelineOutputs:
-        train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv")
-        test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv")
+        if kaggle_secret:
+            downloaded = step("download", competition=COMPETITION)
+            kubernetes.use_secret_as_env(downloaded, secret_name=kaggle_secret, secret_key_to_env=KAGGLE_SECRET_KEYS)
+            train_file, test_file = downloaded.outputs["train_csv"], downloaded.outputs["test_csv"]
+        else:
+            train_file = dsl.importer(artifact_uri=train_csv, artifact_class=Dataset, reimport=False).set_display_name("train.csv").output
+            test_file = dsl.importer(artifact_uri=test_csv, artifact_class=Dataset, reimport=False).set_display_name("test.csv").output
         arrays = step(
             "preprocess",
-            train_csv=train_file.output, test_csv=test_file.output, validation_fraction=validation_fraction, seed=seed,
+            train_csv=train_file, test_csv=test_file, validation_fraction=validation_fraction, seed=seed,
         )
         trained = step(
             "train",
             train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-            label_smoothing=label_smoothing, augment=augment, patience=patience, seed=seed,
+            test_data=arrays.outputs["test_data"], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay, label_smoothing=label_smoothing,
+            augment=augment, elastic=elastic, patience=patience, seed=seed, ensemble_size=ensemble_size,
+            train_on_validation=train_on_validation, pseudo_labels=pseudo_labels,
+            pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
         )
         exported = step(
             "export",
             model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
-            validation_data=arrays.outputs["validation_data"], tolerance=parity_tolerance,
+            validation_data=arrays.outputs["validation_data"], tta=tta, tolerance=parity_tolerance,
         )
         evaluated = step(
             "evaluate",
             onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
             validation_data=arrays.outputs["validation_data"],
         )
-        scored = step(
-            "score",
-            onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
-            test_csv=test_file.output, score_with_int8=score_with_int8,
-        )
+        accuracy = evaluated.outputs["Output"]
+        with dsl.If(accuracy >= accuracy_threshold, name="accurate-enough"):
+            plan = step("shard_plan", test_csv=test_file, shards=score_shards)
+            with dsl.ParallelFor(plan.output, name="test-shards") as shard:
+                scored = step(
+                    "score",
+                    onnx_model=exported.outputs["onnx_model"], int8_model=exported.outputs["int8_model"],
+                    test_csv=test_file, score_with_int8=score_with_int8,
+                    start_row=shard.start_row, stop_row=shard.stop_row,
+                )
+            joined = step("join", shard_submissions=dsl.Collected(scored.outputs["submission"]))
+            step(
+                "report",
+                history=trained.outputs["history"], metrics_json=evaluated.outputs["metrics_json"],
+                submission=joined.outputs["submission"], test_csv=test_file,
+            )
+        with dsl.Else(name="not-accurate-enough"):
+            step("reject", accuracy=accuracy, accuracy_threshold=accuracy_threshold)
         return PipelineOutputs(
-            submission=scored.outputs["submission"],
             onnx_model=exported.outputs["onnx_model"],
             int8_model=exported.outputs["int8_model"],
             keras_model=trained.outputs["model"],
@@ -147,7 +193,6 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
             metrics=evaluated.outputs["metrics_json"],
             training_curves=trained.outputs["training_curves"],
             confusion_matrix=evaluated.outputs["confusion_matrix"],
-            test_samples=scored.outputs["test_samples"],
         )
 
     return digit_recognizer_pipeline
@@ -155,20 +200,25 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
 
 # What `run` copies out of the pipeline's outputs, under the names a user looks for.
 RUN_FILES = {
-    "submission": "submission.csv",
     "onnx_model": "model.onnx",
     "int8_model": "model.int8.onnx",
-    "keras_model": MODEL_FILE,
+    "keras_model": MODEL_FILE.format(member="*"),
     "history": "history.json",
     "metrics": "metrics.json",
     "training_curves": "training_curves.png",
     "confusion_matrix": "confusion_matrix.png",
-    "test_samples": "test_samples.png",
+}
+# ... and from the steps behind the gate, which a pipeline cannot return: (step, output) -> file name.
+GATED_RUN_FILES = {
+    ("join", "submission"): "submission.csv",
+    ("report", "report"): "report.html",
+    ("report", "test_samples"): "test_samples.png",
 }
 
 
-def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR):
-    compiler.Compiler().compile(build_pipeline(image, accelerator), package_path=str(output))
+def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR,
+                     kaggle_secret=None):
+    compiler.Compiler().compile(build_pipeline(image, accelerator, kaggle_secret), package_path=str(output))
     return Path(output)
 
 
@@ -258,29 +308,38 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docke
             raise SystemExit(watcher.last_error or f"error: the pipeline failed: {error}") from None
         finally:
             sys.stdout = watcher.stream
+        sources = {Path(outputs.outputs[name].path): file_name for name, file_name in RUN_FILES.items()}
+        # kfp.local keeps each step's outputs in <pipeline root>/<run>/<step>/<output>.
+        (run_root,) = [folder for folder in Path(pipeline_root).iterdir() if folder.name.startswith(PIPELINE_NAME)]
+        sources.update({run_root / f"{step_name}-component" / output: file_name for (step_name, output), file_name in GATED_RUN_FILES.items()})
         out.mkdir(parents=True, exist_ok=True)
-        for output_name, file_name in RUN_FILES.items():
-            source = Path(outputs.outputs[output_name].path)
-            shutil.copyfile(source / file_name if source.is_dir() else source, out / file_name)
+        for source, file_name in sources.items():
+            for path in sorted(source.glob(file_name)) if source.is_dir() else [source]:
+                shutil.copyfile(path, out / (path.name if source.is_dir() else file_name))
     point_latest_at(out)
-    print(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/: {', '.join(RUN_FILES.values())}")
+    print(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out
 
 
-def submit(host, train_csv, test_csv, experiment="digit-recognizer", run_name=None, params=(), wait=False,
+def submit(host, train_csv=None, test_csv=None, experiment="digit-recognizer", run_name=None, params=(), wait=False,
            namespace=None, token=None, image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, poll_seconds=5,
-           timeout=7 * 24 * 3600):
+           timeout=7 * 24 * 3600, kaggle_secret=None, profile="default"):
     """Compile the pipeline and start a run of it on the Kubeflow Pipelines at `host`.
 
-    Prints the run's id and link; with `wait`, follows the run and returns 0 if it succeeded, 1 if not.
+    The data is `train_csv` and `test_csv` (URIs the cluster reads), or with `kaggle_secret` what the
+    Kaggle CLI downloads. Prints the run's id and link; with `wait`, follows the run and returns 0 if
+    it succeeded, 1 if not.
     """
+    if not kaggle_secret and not (train_csv and test_csv):
+        raise SystemExit("error: submit needs --train-csv and --test-csv, or --kaggle-secret to download the data")
     import kfp  # the client side of kfp: only submit needs it
     from kfp_server_api.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    arguments = {"train_csv": train_csv, "test_csv": test_csv, **parse_params(params)}
+    data = {} if kaggle_secret else {"train_csv": train_csv, "test_csv": test_csv}
+    arguments = {**data, **PROFILES[profile], **parse_params(params)}
     with tempfile.TemporaryDirectory() as folder:
-        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator)
+        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator, kaggle_secret)
         try:
             warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2", category=FutureWarning)
             client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
@@ -323,17 +382,18 @@ def main(argv=None):
     compile_parser.add_argument("--output", default="digit_recognizer_pipeline.yaml", help="YAML file to write (default: %(default)s)")
     image_options(compile_parser)
     accelerator_options(compile_parser)
+    kaggle_options(compile_parser)
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
-    run_parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: the full recipe")
+    run_parser.add_argument("--profile", choices=list(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: one CNN, 15 epochs; best: an ensemble of 5 with test-time augmentation (default: %(default)s)")
     run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter, e.g. --param epochs=20 (repeatable)")
     run_parser.add_argument("--docker", action="store_true", help="run each step in its container (kfp.local's DockerRunner; make images builds the image)")
     image_options(run_parser)
     submit_parser = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster (kfp.Client)")
     submit_parser.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")
-    submit_parser.add_argument("--train-csv", required=True, help="train.csv as a URI the cluster reads (gs://, s3://, minio://)")
-    submit_parser.add_argument("--test-csv", required=True, help="test.csv as a URI the cluster reads")
+    submit_parser.add_argument("--train-csv", help="train.csv as a URI the cluster reads (gs://, s3://, minio://)")
+    submit_parser.add_argument("--test-csv", help="test.csv as a URI the cluster reads")
     submit_parser.add_argument("--experiment", default="digit-recognizer", help="experiment to file the run under (default: %(default)s)")
     submit_parser.add_argument("--run-name", help="the run's name in the UI (default: the package name and time)")
     submit_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter (repeatable)")
@@ -342,15 +402,18 @@ def main(argv=None):
     submit_parser.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="with --wait: give up after this many seconds (default: a week)")
     submit_parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow")
     submit_parser.add_argument("--token", help="a bearer token for the KFP API (kfp.Client's existing_token)")
+    submit_parser.add_argument("--profile", choices=list(PROFILES), default="default", help="parameter settings, as for run (default: %(default)s)")
     image_options(submit_parser)
     accelerator_options(submit_parser)
+    kaggle_options(submit_parser)
     args = parser.parse_args(argv)
     image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
-        print(f"wrote {compile_pipeline(args.output, image, args.accelerator)} (steps run in {image})")
+        print(f"wrote {compile_pipeline(args.output, image, args.accelerator, args.kaggle_secret)} (steps run in {image})")
     elif args.command == "submit":
         raise SystemExit(submit(args.host, args.train_csv, args.test_csv, args.experiment, args.run_name, args.param,
-                                args.wait, args.namespace, args.token, image, args.accelerator, args.poll_seconds, args.timeout))
+                                args.wait, args.namespace, args.token, image, args.accelerator, args.poll_seconds,
+                                args.timeout, args.kaggle_secret, args.profile))
     else:
         run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
 
@@ -358,6 +421,11 @@ def main(argv=None):
 def accelerator_options(parser):
     parser.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help="the accelerator the training step asks for (default: %(default)s)")
     parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=None, help="train on CPU nodes: ask for no accelerator")
+
+
+def kaggle_options(parser):
+    parser.add_argument("--kaggle-secret", metavar="SECRET", help="download the data with the Kaggle CLI as the first step, "
+                        "its credentials from this Kubernetes secret (keys username and key, as in kaggle.json)")
 
 
 def image_options(parser):

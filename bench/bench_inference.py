@@ -61,7 +61,7 @@ def quantized_formats(run, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/latest", help="a run folder with model.onnx, model.int8.onnx and model.keras")
+    parser.add_argument("--run", default="runs/latest", help="a run folder with model.onnx, model.int8.onnx and model-0.keras")
     parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--score-batch-size", type=int, default=1024, help="the scorer's batch size (its default)")
@@ -94,7 +94,7 @@ def main(argv=None):
 
     import keras
 
-    model = keras.models.load_model(run / "model.keras")
+    model = keras.models.load_model(run / "model-0.keras")
     model.predict(images[:2048], batch_size=1024, verbose=0)
     seconds = median_seconds(lambda: model.predict(images, batch_size=1024, verbose=0), max(3, args.repeats // 2))
     results["keras_predict_images_per_second"] = len(images) / seconds

@@ -7,7 +7,7 @@ import argparse
 
 import numpy as np
 
-from components.artifacts import load_arrays, save_json
+from components.artifacts import InputError, load_arrays, save_json
 from components.cli import run_cli
 from components.onnx_model import load_session, predict
 from components.plots import confusion_matrix
@@ -59,6 +59,13 @@ def evaluate(onnx_model, int8_model, validation_data, metrics_json, confusion_ma
     if confusion_matrix_png:
         confusion_matrix(metrics["confusion_matrix"], confusion_matrix_png)
     return metrics
+
+
+def require_accuracy(accuracy, accuracy_threshold):
+    """The pipeline's gate: refuse a model whose validation accuracy is below the threshold."""
+    if accuracy < accuracy_threshold:
+        raise InputError(f"validation accuracy {accuracy:.4%} is below accuracy_threshold {accuracy_threshold:.4%}: "
+                         "the model is not scored or published")
 
 
 def main(argv=None):

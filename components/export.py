@@ -1,4 +1,4 @@
-"""Export: convert the Keras model to ONNX with tf2onnx, refuse it unless onnxruntime agrees with Keras, and quantize it to int8.
+"""Export: convert the Keras models to one ONNX model with tf2onnx, refuse it unless onnxruntime agrees with TensorFlow, and quantize it to int8.
 
     python -m components.export --model-dir work/model --train-data work/train.npz \
         --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
@@ -17,27 +17,44 @@ from components.artifacts import InputError, atomic_path, load_arrays
 from components.cli import run_cli, signature_defaults
 from components.kaggle_format import IMAGE_SIZE
 from components.onnx_model import INPUT_NAME, load_session, predict
-from components.train import load_model
+from components.train import load_models
 
 
-def to_onnx(model, opset=17):
-    """An ONNX model proto: raw pixels `pixels` [batch, 28, 28, 1] in, `probabilities` and `label` out."""
+def shifted_views(pixels):
+    """The images and four copies moved by one pixel up, down, left and right (test-time augmentation)."""
+    padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    offsets = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]
+    return [padded[:, row:row + IMAGE_SIZE, column:column + IMAGE_SIZE, :] for row, column in offsets]
+
+
+def inference_function(models, tta=False):
+    """One tf.function: raw pixels `pixels` [batch, 28, 28, 1] in; `probabilities` (averaged over the members,
+    and over shifted views with `tta`) and `label` out."""
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=INPUT_NAME)])
     def serve(pixels):
-        probabilities = model(pixels, training=False)
+        views = shifted_views(pixels) if tta else [pixels]
+        probabilities = tf.add_n([model(view, training=False) for model in models for view in views]) / (len(models) * len(views))
         return {"probabilities": probabilities, "label": tf.argmax(probabilities, axis=1)}
 
+    return serve
+
+
+def to_onnx(function, opset=17):
+    """The ONNX model proto of an `inference_function`."""
     # tf2onnx.convert.from_keras does not handle Keras 3 models; a tf.function converts cleanly.
-    model_proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    model_proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     return model_proto
 
 
-def parity(model, session, images, batch_size=1024):
-    """Largest absolute difference of probabilities, and the number of differing labels, Keras vs onnxruntime."""
-    keras_probabilities = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+def parity(function, session, images, batch_size=1024):
+    """Largest absolute difference of probabilities, and the number of differing labels, TensorFlow vs onnxruntime."""
+    tensorflow_probabilities = np.concatenate([
+        function(tf.constant(images[start:start + batch_size], tf.float32))["probabilities"].numpy()
+        for start in range(0, len(images), batch_size)
+    ])
     onnx_probabilities, onnx_labels = predict(session, images, batch_size)
-    max_difference = float(np.abs(keras_probabilities - onnx_probabilities).max())
-    label_mismatches = int((keras_probabilities.argmax(axis=1) != onnx_labels).sum())
+    max_difference = float(np.abs(tensorflow_probabilities - onnx_probabilities).max())
+    label_mismatches = int((tensorflow_probabilities.argmax(axis=1) != onnx_labels).sum())
     return max_difference, label_mismatches
 
 
@@ -69,21 +86,26 @@ def quantize(onnx_model, calibration_images, int8_model, quant_format="QDQ"):
         )
 
 
-def export(model_dir, train_data, validation_data, onnx_model, int8_model, tolerance=0.0001, calibration_images=1024, opset=17):
-    """Write `onnx_model` only if it matches Keras on every validation image, then its int8 twin.
+def export(model_dir, train_data, validation_data, onnx_model, int8_model, tta=False, tolerance=0.0001,
+           calibration_images=1024, opset=17):
+    """Write `onnx_model` only if it matches TensorFlow on every validation image, then its int8 twin.
 
+    All the members in `model_dir` are averaged inside the one graph; `tta` also averages each image
+    with its four one-pixel shifts. Either way scoring and serving make one model call.
     Returns the parity figures and how often the int8 model's labels agree with the fp32 model's.
     """
-    model = load_model(model_dir)
+    models = load_models(model_dir)
+    function = inference_function(models, tta)
     images, _ = load_arrays(validation_data, "images", "labels")
     with atomic_path(onnx_model) as temporary:
-        temporary.write_bytes(to_onnx(model, opset).SerializeToString())
-        max_difference, label_mismatches = parity(model, load_session(temporary), images)
-        print(f"parity on {len(images)} validation images: max |p_keras - p_onnx| = {max_difference:.2e}, "
+        temporary.write_bytes(to_onnx(function, opset).SerializeToString())
+        max_difference, label_mismatches = parity(function, load_session(temporary), images)
+        print(f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
+              f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
               f"{label_mismatches} differing labels", flush=True)
         if max_difference >= tolerance or label_mismatches:
             raise InputError(
-                f"{model_dir}: the ONNX model disagrees with Keras (max probability difference "
+                f"{model_dir}: the ONNX model disagrees with TensorFlow (max probability difference "
                 f"{max_difference:.2e}, tolerance {tolerance:.0e}; {label_mismatches} differing labels); not exported"
             )
     train_images, _ = load_arrays(train_data, "images", "labels")
@@ -104,6 +126,7 @@ def main(argv=None):
     parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess: the parity check's images")
     parser.add_argument("--onnx-model", required=True, help="where to write model.onnx (fp32)")
     parser.add_argument("--int8-model", required=True, help="where to write the int8 model (model.int8.onnx)")
+    parser.add_argument("--tta", action="store_true", help="average each image with its four one-pixel shifts, inside the graph")
     parser.add_argument("--tolerance", type=float, default=defaults["tolerance"], help="largest allowed probability difference (default: %(default)s)")
     parser.add_argument("--calibration-images", type=int, default=defaults["calibration_images"], help="training images that calibrate int8 activations (default: %(default)s)")
     parser.add_argument("--opset", type=int, default=defaults["opset"], help="ONNX opset (default: %(default)s)")

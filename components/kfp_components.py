@@ -5,8 +5,18 @@ They live apart from the steps because KFP's executor loads a slimmed `kfp.dsl`
 decorator could not be imported there. The image is a setting, so `kfp_components(image)`
 makes the components for a given image.
 """
+from typing import List
+
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+
+def download_component(competition: str, train_csv: Output[Dataset], test_csv: Output[Dataset]):
+    """Fetch the competition's CSVs with the Kaggle CLI (credentials in KAGGLE_USERNAME/KAGGLE_KEY, from a secret)."""
+    from components.cli import run_cli
+    from components.download import download
+
+    run_cli(download, dict(train_csv=train_csv.path, test_csv=test_csv.path, competition=competition))
 
 def preprocess_component(
     train_csv: Input[Dataset],
@@ -33,47 +43,61 @@ def preprocess_component(
 def train_component(
     train_data: Input[Dataset],
     validation_data: Input[Dataset],
+    test_data: Input[Dataset],
     epochs: int,
     batch_size: int,
     learning_rate: float,
+    learning_rate_schedule: str,
     weight_decay: float,
     label_smoothing: float,
     augment: bool,
+    elastic: bool,
     patience: int,
     seed: int,
+    ensemble_size: int,
+    train_on_validation: bool,
+    pseudo_labels: bool,
+    pseudo_label_confidence: float,
+    mixed_precision: str,
     model: Output[Model],
     history: Output[Artifact],
     training_curves: Output[Artifact],
 ):
-    """Fit the CNN with augmentation, keep the best validation epoch's weights, write the per-epoch history."""
+    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the per-epoch history."""
     from components.cli import run_cli
-    from components.train import MODEL_FILE, train
+    from components.train import train
 
     result = run_cli(train, dict(
         train_data=train_data.path, validation_data=validation_data.path, model_dir=model.path,
         history_path=history.path, curves_png=training_curves.path, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, weight_decay=weight_decay, label_smoothing=label_smoothing,
-        augment=augment, patience=patience, seed=seed,
+        learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, augment=augment, elastic=elastic, patience=patience, seed=seed,
+        ensemble_size=ensemble_size, train_on_validation=train_on_validation,
+        pseudo_label_data=test_data.path if pseudo_labels else None,
+        pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
     ))
-    model.metadata.update(framework="keras", file=MODEL_FILE, epochs_run=len(result["val_accuracy"]),
-                          best_validation_accuracy=max(result["val_accuracy"]))
+    members = result["members"]
+    model.metadata.update(framework="keras", members=len(members), pseudo_labels=result["pseudo_labels"],
+                          epochs_run=[len(member["val_accuracy"]) for member in members],
+                          best_validation_accuracy=[max(member["val_accuracy"]) for member in members])
 
 
 def export_component(
     model: Input[Model],
     train_data: Input[Dataset],
     validation_data: Input[Dataset],
+    tta: bool,
     tolerance: float,
     onnx_model: Output[Model],
     int8_model: Output[Model],
     parity_metrics: Output[Metrics],
 ):
-    """Convert to ONNX with tf2onnx; fail unless onnxruntime matches Keras on the validation set; quantize to int8."""
+    """Convert the members to one ONNX model with tf2onnx; fail unless onnxruntime matches TensorFlow on the validation set; quantize to int8."""
     from components.cli import run_cli
     from components.export import export
 
     parity = run_cli(export, dict(model_dir=model.path, train_data=train_data.path, validation_data=validation_data.path,
-                                  onnx_model=onnx_model.path, int8_model=int8_model.path, tolerance=tolerance))
+                                  onnx_model=onnx_model.path, int8_model=int8_model.path, tta=tta, tolerance=tolerance))
     for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
         artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
     for name, value in parity.items():
@@ -88,8 +112,8 @@ def evaluate_component(
     classification_metrics: Output[ClassificationMetrics],
     metrics_json: Output[Artifact],
     confusion_matrix: Output[Artifact],
-):
-    """Validation accuracy, loss, per-digit precision/recall and the confusion matrix of the ONNX model."""
+) -> float:
+    """Validation accuracy, loss, per-digit precision/recall and the confusion matrix of the ONNX model; returns the accuracy for the gate."""
     from components.cli import run_cli
     from components.evaluate import evaluate
 
@@ -103,6 +127,23 @@ def evaluate_component(
         metrics.log_metric(f"precision_{digit}", scores["precision"])
         metrics.log_metric(f"recall_{digit}", scores["recall"])
     classification_metrics.log_confusion_matrix([str(digit) for digit in range(10)], result["confusion_matrix"])
+    return result["accuracy"]
+
+
+def reject_component(accuracy: float, accuracy_threshold: float):
+    """The gate's other branch: fail the run, saying why the model is not scored or published."""
+    from components.cli import run_cli
+    from components.evaluate import require_accuracy
+
+    run_cli(require_accuracy, dict(accuracy=accuracy, accuracy_threshold=accuracy_threshold))
+
+
+def shard_plan_component(test_csv: Input[Dataset], shards: int) -> List[dict]:
+    """Check test.csv and split its rows into contiguous ranges, one per scoring shard."""
+    from components.cli import run_cli
+    from components.score import shard_plan
+
+    return run_cli(shard_plan, dict(test_csv=test_csv.path, shards=shards))
 
 
 def score_component(
@@ -110,28 +151,59 @@ def score_component(
     int8_model: Input[Model],
     test_csv: Input[Dataset],
     score_with_int8: bool,
+    start_row: int,
+    stop_row: int,
     submission: Output[Dataset],
-    test_samples: Output[Artifact],
     scoring_metrics: Output[Metrics],
 ):
-    """Kaggle's submission.csv from test.csv, scored in batches with onnxruntime (fp32 or int8 model)."""
+    """Rows start_row up to stop_row of test.csv scored in batches with onnxruntime (fp32 or int8 model): a shard of submission.csv."""
     from components.cli import run_cli
     from components.score import score
 
     model = int8_model if score_with_int8 else onnx_model
-    result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path,
-                                 submission=submission.path, samples_png=test_samples.path))
-    submission.metadata.update(result, model="int8" if score_with_int8 else "fp32")
+    result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path, submission=submission.path,
+                                 start_row=start_row, stop_row=stop_row))
+    submission.metadata.update(result, model="int8" if score_with_int8 else "fp32", start_row=start_row, stop_row=stop_row)
     for name in ("rows", "seconds", "images_per_second"):
         scoring_metrics.log_metric(name, result[name])
 
 
+def join_component(shard_submissions: Input[List[Dataset]], submission: Output[Dataset]):
+    """Join the shards, in order, into Kaggle's submission.csv."""
+    from components.cli import run_cli
+    from components.score import join_submissions
+
+    submission.metadata["rows"] = run_cli(join_submissions, dict(
+        shard_submissions=[shard.path for shard in shard_submissions], submission=submission.path))
+
+
+def report_component(
+    history: Input[Artifact],
+    metrics_json: Input[Artifact],
+    submission: Input[Dataset],
+    test_csv: Input[Dataset],
+    report: Output[HTML],
+    test_samples: Output[Artifact],
+):
+    """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits with predictions."""
+    from components.cli import run_cli
+    from components.report import report as write_report
+
+    run_cli(write_report, dict(history=history.path, metrics_json=metrics_json.path, submission=submission.path,
+                               test_csv=test_csv.path, report_html=report.path, test_samples_png=test_samples.path))
+
+
 STEPS = {
+    "download": download_component,
     "preprocess": preprocess_component,
     "train": train_component,
     "export": export_component,
     "evaluate": evaluate_component,
+    "reject": reject_component,
+    "shard_plan": shard_plan_component,
     "score": score_component,
+    "join": join_component,
+    "report": report_component,
 }
 
 

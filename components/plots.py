@@ -14,21 +14,27 @@ def _save(figure, path):
     plt.close(figure)
 
 
-def training_curves(history, path):
-    """Loss and error rate per epoch, training against validation; log scales show the last tenths of a percent."""
-    epochs = np.arange(1, len(history["loss"]) + 1)
+def training_curves(histories, path):
+    """Loss and error rate per epoch, training against validation, one pair of lines per ensemble member.
+
+    Log scales show the last tenths of a percent.
+    """
     figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for split, prefix in (("training", ""), ("validation", "val_")):
-        loss_axis.plot(epochs, history[f"{prefix}loss"], "o-", label=f"{split} loss")
-        error = 100 * (1 - np.asarray(history[f"{prefix}accuracy"]))
-        error_axis.plot(epochs, np.maximum(error, 0.01), "o-", label=f"{split} error")
+    for member, history in enumerate(histories):
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        name = f"member {member} " if len(histories) > 1 else ""
+        for split, prefix, color in (("training", "", "tab:blue"), ("validation", "val_", "tab:orange")):
+            style = dict(color=color, alpha=1 if member == 0 else 0.4, marker="o", markersize=3)
+            loss_axis.plot(epochs, history[f"{prefix}loss"], label=f"{name}{split} loss", **style)
+            error = 100 * (1 - np.asarray(history[f"{prefix}accuracy"]))
+            error_axis.plot(epochs, np.maximum(error, 0.01), label=f"{name}{split} error", **style)
     loss_axis.set_title("loss")
     error_axis.set_title("error rate (%)")
     for axis in (loss_axis, error_axis):
         axis.set_xlabel("epoch")
         axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
-        axis.legend()
+        axis.legend(fontsize=8)
     _save(figure, path)
 
 

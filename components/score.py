@@ -1,4 +1,4 @@
-"""Score: predict every row of Kaggle's test.csv with onnxruntime, in batches, into Kaggle's submission.csv.
+"""Score: predict the rows of Kaggle's test.csv with onnxruntime, in batches, into Kaggle's submission.csv (whole, or in shards joined after).
 
     python -m components.score --onnx-model work/model.onnx \
         --test-csv data/digit-recognizer/test.csv --submission work/submission.csv
@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from components.artifacts import atomic_path
+from components.artifacts import InputError, atomic_path
 from components.cli import run_cli, signature_defaults
 from components.kaggle_csv import iter_csv
 from components.kaggle_format import SUBMISSION_HEADER
 from components.onnx_model import load_session, predict
-from components.plots import digit_grid
 from components.preprocess import as_images
 
 
@@ -30,34 +29,77 @@ def prefetched(iterator):
             yield item
 
 
-def score(onnx_model, test_csv, submission, samples_png=None, batch_size=1024, sample_count=40):
-    """Write `ImageId,Label` (ImageId from 1, one row per test row, in order); memory stays at two chunks of rows.
+def score(onnx_model, test_csv, submission, start_row=0, stop_row=None, batch_size=1024):
+    """Write `ImageId,Label` for rows `start_row` up to `stop_row` of test.csv (all by default), in order.
 
-    Reading the CSV overlaps inference: the next chunk is parsed while onnxruntime scores this one.
-    With `samples_png`, the first `sample_count` test digits are drawn with their predicted labels.
-    Returns the row count and the throughput.
+    ImageId counts from 1 at the file's first row, so shards of one file join into Kaggle's
+    submission. Memory stays at two chunks of rows: the next chunk is parsed while onnxruntime
+    scores this one. Returns the row count and the throughput.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if start_row < 0 or (stop_row is not None and stop_row <= start_row):
+        raise ValueError(f"need 0 <= start_row < stop_row, got {start_row} and {stop_row}")
     session = load_session(onnx_model)
     started = time.perf_counter()
     rows = 0
-    samples, sample_labels = [], []
     with atomic_path(submission) as temporary, open(temporary, "w", newline="") as file:
         file.write(SUBMISSION_HEADER + "\n")
-        for _, pixels in prefetched(iter_csv(test_csv, labelled=False, chunk_rows=READ_ROWS)):
-            images = as_images(pixels)
-            _, labels = predict(session, images, batch_size)
-            image_ids = np.arange(rows + 1, rows + len(labels) + 1)
+        for first_row, pixels in prefetched(row_ranges(test_csv, start_row, stop_row)):
+            _, labels = predict(session, as_images(pixels), batch_size)
+            image_ids = np.arange(first_row + 1, first_row + len(labels) + 1)
             file.write("".join(f"{image_id},{label}\n" for image_id, label in zip(image_ids.tolist(), labels.tolist())))
-            if len(samples) < sample_count:
-                samples.extend(images[:sample_count - len(samples)])
-                sample_labels.extend(labels[:sample_count - len(sample_labels)])
             rows += len(labels)
     seconds = time.perf_counter() - started
-    if samples_png:
-        digit_grid(samples, sample_labels, samples_png)
     return {"rows": rows, "seconds": seconds, "images_per_second": rows / seconds}
+
+
+def row_ranges(test_csv, start_row, stop_row):
+    """`(first row number, pixels)` chunks of test.csv, cut to rows `start_row` up to `stop_row`.
+
+    A shard parses the rows before its own: parsing costs a tenth of scoring, and so every shard
+    counts rows (and checks values) exactly as a whole-file read does.
+    """
+    first_row = 0
+    for _, pixels in iter_csv(test_csv, labelled=False, chunk_rows=READ_ROWS):
+        last_row = first_row + len(pixels)
+        if last_row > start_row:
+            yield max(first_row, start_row), pixels[max(0, start_row - first_row):(stop_row or last_row) - first_row]
+        if stop_row is not None and last_row >= stop_row:
+            return
+        first_row = last_row
+
+
+def shard_plan(test_csv, shards):
+    """Split test.csv's rows into `shards` contiguous ranges of nearly equal size (fewer if rows are fewer).
+
+    Reading the whole file here also checks it before any scoring starts.
+    Returns [{"start_row": ..., "stop_row": ...}, ...].
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    rows = sum(len(pixels) for _, pixels in iter_csv(test_csv, labelled=False, chunk_rows=READ_ROWS))
+    bounds = np.linspace(0, rows, min(shards, rows) + 1).round().astype(int).tolist()
+    return [{"start_row": start, "stop_row": stop} for start, stop in zip(bounds, bounds[1:])]
+
+
+def join_submissions(shard_submissions, submission):
+    """Concatenate shard submissions, in order, into one submission.csv; ImageIds must run 1, 2, ... without gaps."""
+    next_image_id = 1
+    with atomic_path(submission) as temporary, open(temporary, "w", newline="") as output:
+        output.write(SUBMISSION_HEADER + "\n")
+        for shard in shard_submissions:
+            with open(shard, newline="") as file:
+                header = file.readline().strip()
+                if header != SUBMISSION_HEADER:
+                    raise InputError(f"{shard}: line 1: expected the header {SUBMISSION_HEADER!r}, found {header!r}")
+                for line_number, line in enumerate(file, start=2):
+                    image_id = line.partition(",")[0]
+                    if image_id != str(next_image_id):
+                        raise InputError(f"{shard}: line {line_number}: expected ImageId {next_image_id}, found {image_id!r}")
+                    output.write(line)
+                    next_image_id += 1
+    return next_image_id - 1
 
 
 def main(argv=None):
@@ -66,9 +108,9 @@ def main(argv=None):
     parser.add_argument("--onnx-model", required=True, help="model.onnx from export")
     parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv (pixel0..pixel783)")
     parser.add_argument("--submission", required=True, help="where to write submission.csv")
-    parser.add_argument("--samples", dest="samples_png", help="where to draw sample test digits with their predictions (PNG, optional)")
+    parser.add_argument("--start-row", type=int, default=defaults["start_row"], help="first row to score, from 0 (default: %(default)s)")
+    parser.add_argument("--stop-row", type=int, default=defaults["stop_row"], help="score up to this row, exclusive (default: the end)")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per onnxruntime call (default: %(default)s)")
-    parser.add_argument("--sample-count", type=int, default=defaults["sample_count"], help="digits drawn in --samples (default: %(default)s)")
     summary = run_cli(score, vars(parser.parse_args(argv)))
     print(f"scored {summary['rows']} rows in {summary['seconds']:.1f} s ({summary['images_per_second']:.0f} images/s)")
 

@@ -1,4 +1,4 @@
-"""Train: a batch-normalized Keras CNN on augmented digits, on a GPU when one is present.
+"""Train: batch-normalized Keras CNNs on augmented digits, on every GPU present (or the CPU).
 
     python -m components.train --train-data work/train.npz \
         --validation-data work/validation.npz --model-dir work/model
@@ -18,11 +18,14 @@ from components.cli import run_cli, signature_defaults
 from components.kaggle_format import IMAGE_SIZE
 from components.plots import training_curves
 
-MODEL_FILE = "model.keras"
+MODEL_FILE = "model-{member}.keras"  # one file per member of the ensemble
 
 
 def build_model(dropout=0.3):
-    """Raw 0-255 pixels [n, 28, 28, 1] in, ten digit probabilities out."""
+    """Raw 0-255 pixels [n, 28, 28, 1] in, ten digit probabilities out.
+
+    Under a mixed-precision policy the layers compute in float16; the output layer stays float32.
+    """
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
     x = layers.Rescaling(1 / 255)(inputs)
     for filters in (32, 64):
@@ -32,7 +35,7 @@ def build_model(dropout=0.3):
     x = conv_block(x, 128)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(10, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="digit_cnn")
 
 
@@ -70,7 +73,41 @@ def random_affine(images, seed, rotation_degrees=10, shift=0.1, shear_degrees=8,
     )
 
 
-def training_dataset(images, labels, batch_size, epochs, seed, augment):
+def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
+    """Warp each image by a random smooth displacement field (Simard et al. 2003: alpha 34, sigma 4 for MNIST).
+
+    Uniform random displacements are blurred with a Gaussian of `sigma` pixels and scaled by `alpha`;
+    each output pixel is read bilinearly at its displaced position (zero outside the canvas).
+    """
+    count = tf.shape(images)[0]
+    displacement = tf.random.stateless_uniform([count, IMAGE_SIZE, IMAGE_SIZE, 2], seed=seed, minval=-1.0, maxval=1.0)
+    offsets = tf.range(-3 * sigma, 3 * sigma + 1)
+    kernel = tf.exp(-offsets**2 / (2 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    for shape in ([1, -1, 1, 1], [-1, 1, 1, 1]):  # a separable blur: along rows, then along columns
+        displacement = tf.nn.depthwise_conv2d(
+            displacement, tf.tile(tf.reshape(kernel, shape), [1, 1, 2, 1]), strides=[1, 1, 1, 1], padding="SAME")
+    rows, columns = tf.meshgrid(tf.range(IMAGE_SIZE, dtype=tf.float32), tf.range(IMAGE_SIZE, dtype=tf.float32), indexing="ij")
+    sample_rows = rows + alpha * displacement[..., 0]
+    sample_columns = columns + alpha * displacement[..., 1]
+    top, left = tf.floor(sample_rows), tf.floor(sample_columns)
+    row_weight, column_weight = sample_rows - top, sample_columns - left
+    flat = tf.reshape(images, [count, IMAGE_SIZE * IMAGE_SIZE])
+
+    def pixels_at(row, column):
+        inside = (row >= 0) & (row < IMAGE_SIZE) & (column >= 0) & (column < IMAGE_SIZE)
+        index = tf.cast(tf.clip_by_value(row, 0, IMAGE_SIZE - 1) * IMAGE_SIZE + tf.clip_by_value(column, 0, IMAGE_SIZE - 1), tf.int32)
+        values = tf.gather(flat, tf.reshape(index, [count, -1]), batch_dims=1)
+        return tf.where(inside, tf.reshape(values, tf.shape(index)), 0.0)
+
+    warped = ((1 - row_weight) * (1 - column_weight) * pixels_at(top, left)
+              + (1 - row_weight) * column_weight * pixels_at(top, left + 1)
+              + row_weight * (1 - column_weight) * pixels_at(top + 1, left)
+              + row_weight * column_weight * pixels_at(top + 1, left + 1))
+    return warped[..., tf.newaxis]
+
+
+def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic=False):
     """Shuffled, augmented batches for all epochs at once, so each epoch sees new augmentations."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat(epochs)
@@ -78,8 +115,12 @@ def training_dataset(images, labels, batch_size, epochs, seed, augment):
 
     def prepare(step, batch):
         batch_images, batch_labels = tf.cast(batch[0], tf.float32), tf.one_hot(batch[1], 10)
+        batch_seed = tf.stack([tf.cast(seed, tf.int64), step])
+        if elastic:
+            # Its own seeds, apart from the affine ones and from other members' (seed + 1, ...).
+            batch_images = elastic_distortion(batch_images, seed=batch_seed + [0, 1 << 32])
         if augment:
-            batch_images = random_affine(batch_images, seed=tf.stack([tf.cast(seed, tf.int64), step]))
+            batch_images = random_affine(batch_images, seed=batch_seed)
         return batch_images, batch_labels
 
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -96,6 +137,73 @@ class EpochTimer(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def training_devices():
+    """The GPUs TensorFlow sees; an empty list means the CPU."""
+    return tf.config.list_logical_devices("GPU")
+
+
+def distribution_strategy(devices):
+    """Mirror the model over several devices (one replica each, gradients summed); one device needs no strategy."""
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    return tf.distribute.get_strategy()
+
+
+def wants_mixed_precision(mixed_precision, gpus):
+    """"on", "off", or "auto": float16 compute when every GPU has tensor cores (compute capability 7.0 or newer)."""
+    if mixed_precision not in ("auto", "on", "off"):
+        raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
+    if mixed_precision != "auto":
+        return mixed_precision == "on"
+    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) for gpu in gpus]
+    return bool(capabilities) and min(capabilities) >= (7, 0)
+
+
+def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, epochs, batch_size,
+        learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic, patience, seed,
+        train_on_validation):
+    """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch)."""
+    keras.utils.set_random_seed(seed)
+    batch_size = min(batch_size, len(train_images))
+    steps_per_epoch = len(train_images) // batch_size
+    if learning_rate_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate / 10,
+            warmup_target=learning_rate,
+            warmup_steps=steps_per_epoch,
+            decay_steps=max(1, (epochs - 1) * steps_per_epoch),
+        )
+    with strategy.scope():
+        model = build_model()
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            metrics=["accuracy"],
+        )
+    with atomic_path(model_path) as temporary_path:
+        # Validation images inside the training set make validation accuracy meaningless for choosing an epoch:
+        # then the last epoch is kept and nothing stops early.
+        callbacks = [EpochTimer()] + ([] if train_on_validation else [
+            keras.callbacks.ModelCheckpoint(temporary_path, monitor="val_accuracy", mode="max", save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
+        ])
+        history = model.fit(
+            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic),
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
+            validation_batch_size=512,
+            shuffle=False,  # the dataset shuffles, reproducibly
+            callbacks=callbacks,
+            verbose=2,
+        )
+        if train_on_validation:
+            model.save(temporary_path)
+    history = {name: [float(value) for value in values] for name, values in history.history.items()}
+    history["images_per_second"] = [steps_per_epoch * batch_size / seconds for seconds in history["seconds"]]
+    return history
+
+
 def train(
     train_data,
     validation_data,
@@ -104,70 +212,99 @@ def train(
     epochs=15,
     batch_size=128,
     learning_rate=0.003,
+    learning_rate_schedule="cosine",
     weight_decay=0.0001,
     label_smoothing=0.1,
     augment=True,
+    elastic=False,
     patience=5,
     seed=42,
+    ensemble_size=1,
+    train_on_validation=False,
+    pseudo_label_data=None,
+    pseudo_label_confidence=0.99,
+    mixed_precision="auto",
     curves_png=None,
 ):
-    """Fit the CNN, keep the weights of the best validation epoch, write the model and the per-epoch history.
+    """Fit `ensemble_size` CNNs (seeds `seed`, `seed + 1`, ...), keep each one's best validation epoch, write them and their histories.
 
-    The learning rate warms up for one epoch, then follows a cosine down to zero.
-    Early stopping ends a run whose validation accuracy stalls for `patience` epochs.
-    With `curves_png`, loss and accuracy per epoch are plotted there.
-    Returns the history: one list per metric, one value per epoch.
+    The learning rate warms up for one epoch, then follows a cosine down to zero ("cosine"), or stays
+    at `learning_rate` ("constant"). Early stopping ends a member whose validation accuracy stalls for
+    `patience` epochs. `augment` rotates, shifts, shears and zooms; `elastic` adds elastic distortion.
+    `train_on_validation` adds the validation images to the training set (for a final fit once the
+    settings are chosen) and keeps each member's last epoch. With `pseudo_label_data` (test.npz), the
+    ensemble first labels the test images, then is trained afresh with the test images it labelled with
+    at least `pseudo_label_confidence` added to the training set. Several GPUs are used as one
+    (MirroredStrategy); `mixed_precision` is "auto" (float16 compute on GPUs with tensor cores), "on" or
+    "off". With `curves_png`, loss and error per epoch are plotted there.
+    Returns {"members": [one history per member], "pseudo_labels": images added (0 without)}.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience), ("ensemble_size", ensemble_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    keras.utils.set_random_seed(seed)
+    if learning_rate_schedule not in ("cosine", "constant"):
+        raise ValueError(f"learning_rate_schedule must be cosine or constant, got {learning_rate_schedule!r}")
+    if not 0 < pseudo_label_confidence <= 1:
+        raise ValueError(f"pseudo_label_confidence must be in (0, 1], got {pseudo_label_confidence}")
+    devices = training_devices()
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"training on {len(gpus)} GPU(s)" if gpus else "training on the CPU (no GPU found)", flush=True)
+    use_mixed_precision = wants_mixed_precision(mixed_precision, gpus)
+    print(f"training on {len(devices)} GPU(s)" if devices else "training on the CPU (no GPU found)",
+          "with mixed precision" if use_mixed_precision else "", flush=True)
     train_images, train_labels = load_arrays(train_data, "images", "labels")
     validation_images, validation_labels = load_arrays(validation_data, "images", "labels")
-    batch_size = min(batch_size, len(train_images))
-    steps_per_epoch = len(train_images) // batch_size
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate / 10,
-        warmup_target=learning_rate,
-        warmup_steps=steps_per_epoch,
-        decay_steps=max(1, (epochs - 1) * steps_per_epoch),
-    )
-    model = build_model()
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-    )
-    with atomic_path(f"{model_dir}/{MODEL_FILE}") as best_model_path:
-        history = model.fit(
-            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment),
-            steps_per_epoch=steps_per_epoch,
-            epochs=epochs,
-            validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
-            validation_batch_size=512,
-            shuffle=False,  # the dataset shuffles, reproducibly
-            callbacks=[
-                EpochTimer(),
-                keras.callbacks.ModelCheckpoint(best_model_path, monitor="val_accuracy", mode="max", save_best_only=True),
-                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
-            ],
-            verbose=2,
-        )
-    history = {name: [float(value) for value in values] for name, values in history.history.items()}
-    history["images_per_second"] = [steps_per_epoch * batch_size / seconds for seconds in history["seconds"]]
+    if train_on_validation:
+        train_images = np.concatenate([train_images, validation_images])
+        train_labels = np.concatenate([train_labels, validation_labels])
+    strategy = distribution_strategy(devices)
+    settings = dict(validation_images=validation_images, validation_labels=validation_labels, strategy=strategy,
+                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                    learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
+                    label_smoothing=label_smoothing, augment=augment, elastic=elastic, patience=patience,
+                    train_on_validation=train_on_validation)
+    model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed_precision else "float32")
+    try:
+        histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
+                     for member, path in enumerate(model_paths)]
+        pseudo_labels = 0
+        if pseudo_label_data is not None:
+            (test_images,) = load_arrays(pseudo_label_data, "images")
+            probabilities = np.mean([load_model_file(path).predict(test_images.astype(np.float32), batch_size=512, verbose=0)
+                                     for path in model_paths], axis=0)
+            confident = probabilities.max(axis=1) >= pseudo_label_confidence
+            pseudo_labels = int(confident.sum())
+            print(f"pseudo-labels: {pseudo_labels} of {len(test_images)} test images at confidence >= "
+                  f"{pseudo_label_confidence}; training again with them", flush=True)
+            train_images = np.concatenate([train_images, test_images[confident]])
+            train_labels = np.concatenate([train_labels, probabilities[confident].argmax(axis=1).astype(train_labels.dtype)])
+            histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
+                         for member, path in enumerate(model_paths)]
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    history = {"members": histories, "pseudo_labels": pseudo_labels}
     save_json(history_path, history)
     if curves_png:
-        training_curves(history, curves_png)
+        training_curves(histories, curves_png)
     return history
 
 
-def load_model(model_dir):
-    path = Path(model_dir) / MODEL_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: file not found (the model folder that train writes)")
-    return keras.models.load_model(path)
+def load_model_file(path):
+    """A trained model in float32, whatever precision it was trained in (so export and parity compare like with like)."""
+    trained = keras.models.load_model(path, compile=False)
+    model = build_model()
+    model.set_weights(trained.get_weights())
+    return model
+
+
+def load_models(model_dir):
+    """The members that train wrote to `model_dir`, in order."""
+    paths = sorted(Path(model_dir).glob(MODEL_FILE.format(member="*")),
+                   key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    if not paths:
+        raise InputError(f"{Path(model_dir) / MODEL_FILE.format(member=0)}: file not found (the model folder that train writes)")
+    return [load_model_file(path) for path in paths]
 
 
 def main(argv=None):
@@ -175,21 +312,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m components.train", description=__doc__.splitlines()[0])
     parser.add_argument("--train-data", required=True, help="train.npz from preprocess")
     parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess")
-    parser.add_argument("--model-dir", required=True, help=f"folder for the best model ({MODEL_FILE})")
+    parser.add_argument("--model-dir", required=True, help=f"folder for the trained models ({MODEL_FILE.format(member='N')})")
     parser.add_argument("--history", help="per-epoch history as JSON (default: MODEL_DIR/history.json)")
     parser.add_argument("--curves", dest="curves_png", help="where to plot the training curves (PNG, optional)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="passes over the training set (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per step (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"], help="peak learning rate of the warm-up then cosine schedule (default: %(default)s)")
+    parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"], help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--learning-rate-schedule", choices=("cosine", "constant"), default=defaults["learning_rate_schedule"], help="one epoch of warm-up then a cosine to zero, or constant (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay (default: %(default)s)")
     parser.add_argument("--label-smoothing", type=float, default=defaults["label_smoothing"], help="label smoothing of the loss (default: %(default)s)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are (default: random rotation, shift, shear and zoom)")
+    parser.add_argument("--elastic", action="store_true", help="add elastic distortion to the augmentation")
     parser.add_argument("--patience", type=int, default=defaults["patience"], help="epochs without a better validation accuracy before stopping (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of weights, shuffling and augmentation (default: %(default)s)")
+    parser.add_argument("--ensemble-size", type=int, default=defaults["ensemble_size"], help="CNNs to train, with seeds SEED, SEED+1, ... (default: %(default)s)")
+    parser.add_argument("--train-on-validation", action="store_true", help="add the validation images to the training set and keep the last epoch")
+    parser.add_argument("--pseudo-label-data", help="test.npz from preprocess: train again with the test images the first models label confidently")
+    parser.add_argument("--pseudo-label-confidence", type=float, default=defaults["pseudo_label_confidence"], help="least probability for a pseudo-label (default: %(default)s)")
+    parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=defaults["mixed_precision"], help="float16 compute: auto turns it on for GPUs with tensor cores (default: %(default)s)")
     args = vars(parser.parse_args(argv))
     args["history_path"] = args.pop("history") or f"{args['model_dir']}/history.json"
     history = run_cli(train, args)
-    print(f"best validation accuracy {max(history['val_accuracy']):.4f} after {len(history['val_accuracy'])} epochs")
+    for member, member_history in enumerate(history["members"]):
+        print(f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
+              f"after {len(member_history['val_accuracy'])} epochs")
 
 
 if __name__ == "__main__":

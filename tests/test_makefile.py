@@ -11,7 +11,9 @@ def test_make_data_without_files_or_credentials_says_how_to_get_them(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert "train.csv and test.csv are missing" in result.stdout
-    assert "kaggle.json" in result.stdout and "kaggle.com/competitions/digit-recognizer/data" in result.stdout
+    assert "kaggle.com/competitions/digit-recognizer/data" in result.stdout
+    assert "error: no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY" in result.stderr
+    assert "kaggle.json" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_make_data_with_the_files_does_nothing(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,22 +12,75 @@ from components.cli import signature_defaults
 from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 from components.kaggle_csv import read_csv
-from components.train import load_model, train
+from components.train import load_models, train
 from tests.conftest import run_module
 
-STEPS = ["preprocess", "train", "export", "evaluate", "score"]
+STEPS = ["preprocess", "train", "export", "evaluate", "reject", "shard_plan", "score", "join", "report"]
 
 
-def test_compiled_yaml_wires_five_steps_in_our_image(tmp_path):
+def all_tasks(spec):
+    """Every task of the compiled pipeline, sub-DAGs (condition branches, loops) included: name -> (dag, task)."""
+    dags = {"root": spec["root"]["dag"], **{name: component["dag"] for name, component in spec["components"].items()
+                                            if "dag" in component}}
+    return {task_name: (dag_name, task) for dag_name, dag in dags.items() for task_name, task in dag["tasks"].items()}
+
+
+def test_compiled_yaml_wires_the_steps_in_our_image(tmp_path):
     spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml", pipeline.train_image("registry.example/team/", "v3")).read_text())
     executors = spec["deploymentSpec"]["executors"]
     containers = {name: executor["container"] for name, executor in executors.items() if "container" in executor}
-    assert sorted(containers) == sorted(f"exec-{step}-component" for step in STEPS)
+    assert sorted(containers) == sorted(f"exec-{step.replace('_', '-')}-component" for step in STEPS)
     assert {container["image"] for container in containers.values()} == {"registry.example/team/digit-recognizer-train:v3"}
     assert sum("importer" in executor for executor in executors.values()) == 2
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["train-component"]["dependentTasks"] == ["preprocess-component"]
-    assert sorted(tasks["score-component"]["dependentTasks"]) == ["export-component", "importer-2"]
+    assert sorted(tasks["evaluate-component"]["dependentTasks"]) == ["export-component", "preprocess-component"]
+
+
+def test_the_gate_and_the_scoring_fan_out(tmp_path):
+    spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
+    tasks = all_tasks(spec)
+    gate = spec["root"]["dag"]["tasks"]["condition-branches-1"]
+    assert "evaluate-component" in gate["dependentTasks"]
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conditions = {name: task["triggerPolicy"]["condition"] for name, task in branches.items()}
+    accurate = "inputs.parameter_values['pipelinechannel--evaluate-component-Output'] >= " \
+               "inputs.parameter_values['pipelinechannel--accuracy_threshold']"
+    assert conditions["condition-3"] == accurate
+    assert conditions["condition-4"] == f"!({accurate})"
+    # Scoring, joining and the report happen only for an accurate model; the other branch refuses.
+    assert tasks["shard-plan-component"][0] == tasks["join-component"][0] == tasks["report-component"][0] == "comp-condition-3"
+    assert tasks["reject-component"][0] == "comp-condition-4"
+    loop_dag, loop = tasks["for-loop-2"]
+    assert loop_dag == "comp-condition-3"
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--shard-plan-component-Output"
+    assert tasks["score-component"][0] == "comp-for-loop-2"
+    score_inputs = tasks["score-component"][1]["inputs"]["parameters"]
+    assert score_inputs["start_row"]["parameterExpressionSelector"] == 'parseJson(string_value)["start_row"]'
+    assert score_inputs["stop_row"]["parameterExpressionSelector"] == 'parseJson(string_value)["stop_row"]'
+    join_input = tasks["join-component"][1]["inputs"]["artifacts"]["shard_submissions"]["taskOutputArtifact"]
+    assert join_input == {"outputArtifactKey": "pipelinechannel--score-component-submission", "producerTask": "for-loop-2"}
+    report_outputs = spec["components"]["comp-report-component"]["outputDefinitions"]["artifacts"]
+    assert report_outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    evaluate_outputs = spec["components"]["comp-evaluate-component"]["outputDefinitions"]
+    assert evaluate_outputs["parameters"]["Output"]["parameterType"] == "NUMBER_DOUBLE"
+    assert evaluate_outputs["artifacts"]["classification_metrics"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+
+
+def test_kaggle_download_as_first_step_with_a_secret(tmp_path):
+    # With platform settings the YAML holds two documents: the pipeline, then its Kubernetes settings.
+    spec, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", kaggle_secret="kaggle-credentials").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "importer" not in tasks and "download-component" in tasks
+    assert tasks["preprocess-component"]["dependentTasks"] == ["download-component"]
+    assert tasks["download-component"]["cachingOptions"] == {}  # a fresh download each run
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-download-component"]
+    (secret,) = kubernetes["secretAsEnv"]
+    assert secret["secretName"] == "kaggle-credentials"
+    assert {pair["secretKey"]: pair["envVar"] for pair in secret["keyToEnv"]} == {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}
+    result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "k.yaml"), "--kaggle-secret", "my-kaggle")
+    assert result.returncode == 0, result.stderr
+    assert "secretName: my-kaggle" in (tmp_path / "k.yaml").read_text()
 
 
 def test_compile_command_names_the_image(tmp_path):
@@ -39,10 +93,21 @@ def test_pipeline_defaults_are_the_functions_defaults(tmp_path):
     spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     train_defaults = signature_defaults(train)
-    for name in ("epochs", "batch_size", "learning_rate", "weight_decay", "label_smoothing", "augment", "patience"):
+    for name in ("epochs", "batch_size", "learning_rate", "learning_rate_schedule", "weight_decay", "label_smoothing",
+                 "augment", "elastic", "patience", "seed", "ensemble_size", "train_on_validation",
+                 "pseudo_label_confidence", "mixed_precision"):
         assert parameters[name]["defaultValue"] == train_defaults[name], name
-    assert parameters["seed"]["defaultValue"] == train_defaults["seed"]
-    assert "defaultValue" not in parameters["train_csv"]  # the data is always named by the user
+    assert parameters["tta"]["defaultValue"] is signature_defaults(pipeline.export)["tta"] is False
+    assert parameters["pseudo_labels"]["defaultValue"] is False
+    assert parameters["accuracy_threshold"]["defaultValue"] == 0.99
+    assert parameters["score_shards"]["defaultValue"] == 4
+
+
+def test_profiles_name_only_pipeline_parameters():
+    parameters = pipeline.pipeline_parameters()
+    for profile, settings in pipeline.PROFILES.items():
+        assert set(settings) <= set(parameters), profile
+    assert pipeline.PROFILES["best"]["ensemble_size"] > 1
 
 
 def test_param_parsing_types_and_errors():
@@ -68,20 +133,36 @@ def test_latest_link_points_at_the_newest_run(tmp_path, monkeypatch):
 
 def test_run_end_to_end_through_kfp_local(tmp_path, fixture_data):
     out = tmp_path / "run"
-    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), "--profile", "quick")
+    # The fixture's 270 training images give a poor model: the gate is opened for it.
+    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), "--profile", "quick",
+                        "--param", "accuracy_threshold=0", "--param", "score_shards=3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == sorted(pipeline.RUN_FILES.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "model-0.keras", *(name for name in pipeline.RUN_FILES.values() if "*" not in name),
+        *pipeline.GATED_RUN_FILES.values()])
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert (out / "test_samples.png").read_bytes()[:4] == b"\x89PNG"
     submission = pd.read_csv(out / "submission.csv")
     assert (out / "submission.csv").read_text().startswith("ImageId,Label\n")
     assert submission["ImageId"].tolist() == list(range(1, 61))
     assert submission["Label"].between(0, 9).all()
     _, pixels = read_csv(fixture_data / "test.csv", labelled=False)
     images = as_images(pixels)
-    keras_probabilities = load_model(out).predict(images.astype(np.float32), verbose=0)
+    keras_probabilities = load_models(out)[0].predict(images.astype(np.float32), verbose=0)
     onnx_probabilities, labels = predict(load_session(out / "model.onnx"), images)
     assert np.abs(keras_probabilities - onnx_probabilities).max() < 1e-4
     np.testing.assert_array_equal(labels, submission["Label"])
     assert "Executing task" in result.stderr + result.stdout  # progress is shown step by step
+    assert (result.stderr + result.stdout).count("Executing task \x1b[96m'score-component'") == 3
+
+
+def test_the_gate_stops_a_poor_model_before_scoring(tmp_path, fixture_data):
+    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(tmp_path / "out"), "--profile", "quick")
+    assert result.returncode != 0
+    assert re.fullmatch(r"error: validation accuracy \d+\.\d{4}% is below accuracy_threshold 90\.0000%: "
+                        r"the model is not scored or published", result.stderr.strip().splitlines()[-1])
+    assert "score-component" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("row, value, message", [
@@ -108,24 +189,26 @@ def test_missing_data_says_how_to_get_it(tmp_path):
     result = run_module("pipeline.py", "run", "--data", str(tmp_path), "--profile", "quick")
     assert result.returncode != 0
     assert "train.csv not found" in result.stderr
-    assert "kaggle competitions download -c digit-recognizer" in result.stderr
+    assert "python -m components.download --out" in result.stderr
 
 
 def test_cluster_settings_resources_gpu_retries_caching(tmp_path):
     spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
     tasks = spec["root"]["dag"]["tasks"]
+    tasks = {name: task for name, (_, task) in all_tasks(spec).items()}
     for step in STEPS:
-        resources = executors[f"exec-{step}-component"]["container"]["resources"]
+        name = f"{step.replace('_', '-')}-component"
+        resources = executors[f"exec-{name}"]["container"]["resources"]
         assert {"cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"} <= set(resources), step
-        task = tasks[f"{step}-component"]
-        assert task["retryPolicy"]["maxRetryCount"] == 2
-        assert task["cachingOptions"].get("enableCache", False) is (step != "train"), step
+        task = tasks[name]
+        assert task.get("retryPolicy", {}).get("maxRetryCount") == (None if step == "reject" else 2), step
+        assert task["cachingOptions"].get("enableCache", False) is (step not in ("train", "reject")), step
         assert task["taskInfo"]["name"] == step
     accelerator = executors["exec-train-component"]["container"]["resources"]["accelerator"]
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
-    assert all("accelerator" not in executors[f"exec-{step}-component"]["container"]["resources"]
-               for step in STEPS if step != "train")
+    assert all("accelerator" not in executor["container"]["resources"]
+               for name, executor in executors.items() if "container" in executor and name != "exec-train-component")
     score_outputs = spec["components"]["comp-score-component"]["outputDefinitions"]["artifacts"]
     assert score_outputs["scoring_metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     cpu_only = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "cpu.yaml", accelerator=None).read_text())
@@ -171,7 +254,7 @@ def test_submit_sends_the_compiled_pipeline_and_follows_the_run(kfp_api, capsys)
     assert run["runtime_config"]["parameters"] == {
         "train_csv": "gs://bucket/train.csv", "test_csv": "gs://bucket/test.csv", "epochs": 3}
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "digit-recognizer"
-    assert {task for task in run["pipeline_spec"]["root"]["dag"]["tasks"]} >= {f"{step}-component" for step in STEPS}
+    assert set(run["pipeline_spec"]["root"]["dag"]["tasks"]) >= {"preprocess-component", "train-component", "condition-branches-1"}
     assert all(headers.get("authorization") == "Bearer secret-token" for _, _, _, _, headers in api.requests)
     output = capsys.readouterr().out
     run_id = next(iter(api.runs))
@@ -201,3 +284,20 @@ def test_submit_to_nowhere_says_so():
     result = run_module("pipeline.py", "submit", "--host", host, "--train-csv", "gs://b/train.csv", "--test-csv", "gs://b/test.csv")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot reach Kubeflow Pipelines at {host}")
+
+
+def test_submit_with_a_profile_and_the_kaggle_download(kfp_api):
+    api, host = kfp_api()
+    assert pipeline.submit(host, kaggle_secret="kaggle-credentials", profile="best") == 0
+    run = json.loads(next(body for method, path, _, body, _ in api.requests if method == "POST" and path == "/apis/v2beta1/runs"))
+    assert run["runtime_config"]["parameters"] == {"ensemble_size": 5, "tta": True}
+    # With Kubernetes settings, kfp.Client sends {"pipeline_spec": ..., "platform_spec": ...} as the run's pipeline_spec.
+    assert "download-component" in run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    secret = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-download-component"]["secretAsEnv"]
+    assert secret[0]["secretName"] == "kaggle-credentials"
+
+
+def test_submit_needs_data_or_a_secret():
+    result = run_module("pipeline.py", "submit", "--host", "http://127.0.0.1:9")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: submit needs --train-csv and --test-csv, or --kaggle-secret to download the data"

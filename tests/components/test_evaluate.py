@@ -1,8 +1,10 @@
 import json
 
 import numpy as np
+import pytest
 
-from components.evaluate import classification_metrics, evaluate
+from components.artifacts import InputError
+from components.evaluate import classification_metrics, evaluate, require_accuracy
 from tests.conftest import run_module
 
 
@@ -44,3 +46,11 @@ def test_cli_reports_accuracy_and_bad_model(tmp_path, exported, arrays):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'bad.onnx'}: not an ONNX model onnxruntime can load")
     assert not (tmp_path / "m2.json").exists()
+
+
+def test_the_gate_refuses_a_model_below_the_threshold():
+    require_accuracy(0.995, 0.99)
+    require_accuracy(0.99, 0.99)
+    with pytest.raises(InputError, match=r"validation accuracy 98.5000% is below accuracy_threshold 99.0000%: "
+                                         "the model is not scored or published"):
+        require_accuracy(0.985, 0.99)

@@ -3,9 +3,11 @@ import onnx
 import pytest
 
 from components.artifacts import InputError, load_arrays
-from components.export import export
+import tensorflow as tf
+
+from components.export import export, shifted_views
 from components.onnx_model import load_session, predict
-from components.train import load_model
+from components.train import load_models, train
 
 
 def test_onnx_graph_takes_raw_pixels_with_a_dynamic_batch(onnx_model):
@@ -20,7 +22,7 @@ def test_onnx_graph_takes_raw_pixels_with_a_dynamic_batch(onnx_model):
 
 def test_onnx_agrees_with_keras(onnx_model, trained_model, arrays):
     (images,) = load_arrays(arrays["test"], "images")
-    keras_probabilities = load_model(trained_model[0]).predict(images.astype(np.float32), verbose=0)
+    keras_probabilities = load_models(trained_model[0])[0].predict(images.astype(np.float32), verbose=0)
     onnx_probabilities, labels = predict(load_session(onnx_model), images, batch_size=7)
     assert np.abs(keras_probabilities - onnx_probabilities).max() < 1e-4
     np.testing.assert_array_equal(keras_probabilities.argmax(axis=1), labels)
@@ -29,7 +31,7 @@ def test_onnx_agrees_with_keras(onnx_model, trained_model, arrays):
 def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, arrays):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous model")
-    with pytest.raises(InputError, match="the ONNX model disagrees with Keras"):
+    with pytest.raises(InputError, match="the ONNX model disagrees with TensorFlow"):
         export(trained_model[0], arrays["train"], arrays["validation"], target, tmp_path / "int8.onnx", tolerance=0.0)
     assert target.read_bytes() == b"previous model"
     assert list(tmp_path.iterdir()) == [target]
@@ -44,7 +46,7 @@ def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
 
 
 def test_missing_model(tmp_path, arrays):
-    with pytest.raises(InputError, match="no-model/model.keras: file not found"):
+    with pytest.raises(InputError, match="no-model/model-0.keras: file not found"):
         export(tmp_path / "no-model", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
 
 
@@ -63,3 +65,26 @@ def test_int8_model_is_quantized_and_agrees_with_fp32(exported, arrays):
     clear = top_two[:, 1] - top_two[:, 0] > 2 * difference
     assert clear.any()
     np.testing.assert_array_equal(fp32_labels[clear], int8_labels[clear])
+
+
+def test_shifted_views_move_the_image_one_pixel_each_way():
+    image = np.zeros([1, 28, 28, 1], np.float32)
+    image[0, 10, 20, 0] = 255
+    views = [view.numpy()[0, ..., 0] for view in shifted_views(tf.constant(image))]
+    assert [tuple(np.argwhere(view)[0]) for view in views] == [(10, 20), (11, 20), (9, 20), (10, 21), (10, 19)]
+
+
+def test_an_ensemble_with_test_time_augmentation_is_one_graph_averaging_everything(tmp_path, arrays):
+    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=32, ensemble_size=2)
+    parity = export(tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx",
+                    tta=True)
+    assert parity["max_probability_difference"] < 1e-4 and parity["label_mismatches"] == 0
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    assert len(graph.input) == 1 and sorted(output.name for output in graph.output) == ["label", "probabilities"]
+    images = np.concatenate([load_arrays(arrays[name], "images")[0] for name in ("validation", "test")])
+    members = load_models(tmp_path / "m")
+    views = shifted_views(tf.constant(images, tf.float32))
+    expected = np.mean([member.predict(view.numpy(), verbose=0) for member in members for view in views], axis=0)
+    probabilities, labels = predict(load_session(tmp_path / "model.onnx"), images)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(labels, expected.argmax(axis=1))

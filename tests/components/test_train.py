@@ -1,11 +1,15 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.train import build_model, load_model, random_affine, train, training_dataset
-from tests.conftest import run_module
+from components.artifacts import load_arrays
+from components.train import (build_model, elastic_distortion, load_models, random_affine, train, training_dataset,
+                              wants_mixed_precision)
+from tests.conftest import ROOT, run_module
 
 
 def test_model_takes_raw_pixels_and_returns_probabilities():
@@ -33,6 +37,28 @@ def test_random_affine_shift_moves_ink_and_keeps_it_on_the_canvas():
     assert np.all(moved.sum(axis=(1, 2, 3)) > 0.8 * image.sum())  # the digit stays in the picture
 
 
+def test_elastic_distortion_without_strength_is_the_identity():
+    images = tf.random.uniform([4, 28, 28, 1], 0, 255, seed=0)
+    same = elastic_distortion(images, seed=[1, 2], alpha=0.0)
+    np.testing.assert_allclose(same.numpy(), images.numpy(), atol=1e-3)
+
+
+def test_elastic_distortion_bends_strokes_locally_and_keeps_the_digit(arrays):
+    images, _ = load_arrays(arrays["train"], "images", "labels")
+    images = tf.constant(images[:32], tf.float32)
+    warped = elastic_distortion(images, seed=[3, 4]).numpy()
+    assert warped.shape == images.shape
+    changed = np.abs(warped - images.numpy()).mean(axis=(1, 2, 3))
+    assert (changed > 5).all()  # every image is bent ...
+    def centre_of_ink(batch):
+        grid = np.indices((28, 28)).reshape(2, 1, 28, 28)
+        return (grid * batch[..., 0]).sum(axis=(2, 3)) / batch[..., 0].sum(axis=(1, 2))
+
+    # ... locally: strokes thin or thicken, but the digit stays where it was
+    assert np.abs(centre_of_ink(warped) - centre_of_ink(images.numpy())).max() < 3
+    np.testing.assert_array_equal(warped, elastic_distortion(images, seed=[3, 4]).numpy())  # repeatable
+
+
 def test_training_dataset_is_repeatable_and_changes_each_epoch():
     images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
     labels = np.arange(8, dtype=np.uint8)
@@ -49,34 +75,120 @@ def test_training_dataset_is_repeatable_and_changes_each_epoch():
 def test_train_writes_the_best_model_history_and_curves(trained_model, arrays):
     folder, history = trained_model
     assert json.loads((folder / "history.json").read_text()) == history
+    assert history["pseudo_labels"] == 0
+    (member,) = history["members"]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds", "images_per_second"):
-        assert len(history[metric]) == len(history["loss"]) >= 1
+        assert len(member[metric]) == len(member["loss"]) >= 1
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    model = load_model(folder)
+    (model,) = load_models(folder)
     assert model.output_shape == (None, 10)
-    assert sorted(p.name for p in folder.iterdir()) == ["curves.png", "history.json", "model.keras"]
+    assert sorted(p.name for p in folder.iterdir()) == ["curves.png", "history.json", "model-0.keras"]
 
 
 def test_same_seed_same_model(tmp_path, arrays):
     weights = []
     for run in ("a", "b"):
         train(arrays["train"], arrays["validation"], tmp_path / run, tmp_path / run / "history.json",
-              epochs=1, batch_size=64, seed=5)
-        weights.append(load_model(tmp_path / run).get_weights())
+              epochs=1, batch_size=64, seed=5, elastic=True)
+        weights.append(load_models(tmp_path / run)[0].get_weights())
     for first, second in zip(*weights):
         np.testing.assert_allclose(first, second, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["epochs", "batch_size", "patience"])
+def test_an_ensemble_is_one_model_per_seed(tmp_path, arrays):
+    history = train(arrays["train"], arrays["validation"], tmp_path / "ensemble", tmp_path / "h.json",
+                    epochs=1, batch_size=64, seed=5, ensemble_size=2, curves_png=tmp_path / "curves.png")
+    assert len(history["members"]) == 2
+    members = load_models(tmp_path / "ensemble")
+    train(arrays["train"], arrays["validation"], tmp_path / "seed6", tmp_path / "h6.json", epochs=1, batch_size=64, seed=6)
+    for first, second in zip(members[1].get_weights(), load_models(tmp_path / "seed6")[0].get_weights()):
+        np.testing.assert_allclose(first, second, atol=1e-6)  # member 1 is the model of seed 6
+    assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
+
+
+def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, arrays, capsys):
+    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=32,
+                    pseudo_label_data=arrays["test"], pseudo_label_confidence=0.1)
+    assert history["pseudo_labels"] == 60  # every probability vector has a maximum of at least 0.1
+    assert "pseudo-labels: 60 of 60 test images at confidence >= 0.1; training again with them" in capsys.readouterr().out
+    (train_images,) = load_arrays(arrays["train"], "images")
+    assert history["members"][0]["images_per_second"]  # the second round's history
+    assert json.loads((tmp_path / "h.json").read_text())["pseudo_labels"] == 60
+    assert len(train_images) == 270
+
+
+def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
+    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=3, batch_size=30,
+                    patience=1, train_on_validation=True)
+    assert len(history["members"][0]["loss"]) == 3  # no early stopping
+    # 270 training + 30 validation images in batches of 30: 10 steps an epoch
+    assert history["members"][0]["images_per_second"][0] == pytest.approx(300 / history["members"][0]["seconds"][0])
+
+
+def test_mixed_precision_trains_in_float16_and_loads_back_in_float32(tmp_path, arrays):
+    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
+          mixed_precision="on")
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    saved = keras.models.load_model(tmp_path / "m" / "model-0.keras")
+    assert saved.layers[2].dtype_policy.name == "mixed_float16"
+    (model,) = load_models(tmp_path / "m")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_mixed_precision_auto_wants_tensor_cores():
+    assert wants_mixed_precision("auto", []) is False  # CPU
+    assert wants_mixed_precision("on", []) is True
+    assert wants_mixed_precision("off", []) is False
+    with pytest.raises(ValueError, match="mixed_precision must be auto, on or off"):
+        wants_mixed_precision("yes", [])
+
+
+MIRRORED_ON_TWO_CPUS = """
+import sys, tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+import components.train as train_module
+train_module.training_devices = lambda: tf.config.list_logical_devices("CPU")  # stand-ins for two GPUs
+strategy = train_module.distribution_strategy(train_module.training_devices())
+print("replicas", strategy.num_replicas_in_sync, type(strategy).__name__)
+history = train_module.train(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[3] + "/history.json", epochs=1, batch_size=64)
+print("trained", len(history["members"][0]["loss"]))
+"""
+
+
+def test_several_devices_train_one_mirrored_model(tmp_path, arrays):
+    result = subprocess.run([sys.executable, "-c", MIRRORED_ON_TWO_CPUS, str(arrays["train"]), str(arrays["validation"]),
+                             str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2 MirroredStrategy" in result.stdout
+    assert "training on 2 GPU(s)" in result.stdout and "trained 1" in result.stdout
+    assert load_models(tmp_path / "m")[0].output_shape == (None, 10)
+
+
+@pytest.mark.parametrize("name", ["epochs", "batch_size", "patience", "ensemble_size"])
 def test_train_rejects_non_positive_settings(tmp_path, arrays, name):
     with pytest.raises(ValueError, match=f"{name} must be at least 1"):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", **{name: 0})
 
 
+def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
+    with pytest.raises(ValueError, match="learning_rate_schedule must be cosine or constant, got 'linear'"):
+        train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", learning_rate_schedule="linear")
+
+
+def test_constant_schedule_keeps_the_learning_rate(tmp_path, arrays):
+    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=64,
+                    learning_rate=0.002, learning_rate_schedule="constant")
+    assert history["members"][0]["learning_rate"] == pytest.approx([0.002, 0.002])
+
+
 def test_cli_help_and_missing_input(tmp_path):
     help_text = run_module("-m", "components.train", "--help").stdout
-    for option in ("--epochs", "--batch-size", "--learning-rate", "--weight-decay", "--label-smoothing",
-                   "--no-augment", "--patience", "--seed", "--curves", "--history"):
+    for option in ("--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule", "--weight-decay",
+                   "--label-smoothing", "--no-augment", "--elastic", "--patience", "--seed", "--ensemble-size",
+                   "--train-on-validation", "--pseudo-label-data", "--pseudo-label-confidence", "--mixed-precision",
+                   "--curves", "--history"):
         assert option in help_text
     result = run_module("-m", "components.train", "--train-data", str(tmp_path / "none.npz"),
                         "--validation-data", str(tmp_path / "none.npz"), "--model-dir", str(tmp_path / "m"))

@@ -1,0 +1,79 @@
+"""Download: fetch the competition's train.csv and test.csv with the Kaggle CLI.
+
+    python -m components.download --out data/digit-recognizer
+
+Credentials come from KAGGLE_USERNAME and KAGGLE_KEY (on a cluster, from a Kubernetes secret),
+KAGGLE_API_TOKEN, or ~/.kaggle/kaggle.json; you must have accepted the competition's rules.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+from components.artifacts import InputError, atomic_path
+from components.cli import run_cli, signature_defaults
+from components.kaggle_csv import check_header
+
+COMPETITION = "digit-recognizer"
+
+
+def has_credentials():
+    kaggle_folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return bool(
+        (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+        or os.environ.get("KAGGLE_API_TOKEN")
+        or (kaggle_folder / "kaggle.json").is_file()
+        or (kaggle_folder / "access_token").is_file()
+    )
+
+
+def download(train_csv, test_csv, competition=COMPETITION):
+    """Download the competition's files, check their headers, and move them to `train_csv` and `test_csv`."""
+    if not has_credentials():
+        raise InputError(
+            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (the fields of kaggle.json; on a cluster, "
+            "from the Kubernetes secret the pipeline was compiled with) or save ~/.kaggle/kaggle.json "
+            "(kaggle.com > Settings > API > Create New Token)"
+        )
+    if shutil.which("kaggle") is None:
+        raise InputError("the Kaggle CLI is not installed (pip install kaggle)")
+    with tempfile.TemporaryDirectory() as folder:
+        result = subprocess.run(["kaggle", "competitions", "download", "-c", competition, "-p", folder],
+                                capture_output=True, text=True)
+        archive = Path(folder) / f"{competition}.zip"
+        if result.returncode != 0 or not archive.is_file():
+            said = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+            raise InputError(f"kaggle competitions download -c {competition} failed: {said[-1] if said else 'no output'}")
+        files = {"train.csv": (train_csv, True), "test.csv": (test_csv, False)}
+        try:
+            with zipfile.ZipFile(archive) as contents:
+                for name in files:
+                    if name not in contents.namelist():
+                        raise InputError(f"{archive.name}: has no {name} (it holds {', '.join(contents.namelist())})")
+                    contents.extract(name, folder)
+        except zipfile.BadZipFile as error:
+            raise InputError(f"{archive.name}: not a zip archive ({error})") from None
+        for name, (_, labelled) in files.items():  # both checked before either is written
+            check_header(Path(folder) / name, labelled)
+        for name, (target, _) in files.items():
+            with atomic_path(target) as temporary:
+                shutil.move(Path(folder) / name, temporary)
+    return {"train_csv": str(train_csv), "test_csv": str(test_csv)}
+
+
+def main(argv=None):
+    defaults = signature_defaults(download)
+    parser = argparse.ArgumentParser(prog="python -m components.download", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for train.csv and test.csv")
+    parser.add_argument("--competition", default=defaults["competition"], help="the competition's name on Kaggle (default: %(default)s)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    run_cli(download, dict(train_csv=out / "train.csv", test_csv=out / "test.csv", competition=args.competition))
+    print(f"downloaded train.csv and test.csv to {out}")
+
+
+if __name__ == "__main__":
+    main()

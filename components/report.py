@@ -1,0 +1,102 @@
+"""Report: one self-contained HTML page of a run (figures, training curves, confusion matrix, sample test digits with predictions).
+
+    python -m components.report --history work/model/history.json --metrics work/metrics.json \
+        --submission work/submission.csv --test-csv data/digit-recognizer/test.csv --report work/report.html
+"""
+import argparse
+import base64
+import html
+import json
+import tempfile
+from itertools import islice
+from pathlib import Path
+
+from components.artifacts import InputError, atomic_path
+from components.cli import run_cli, signature_defaults
+from components.kaggle_csv import iter_csv
+from components.kaggle_format import SUBMISSION_HEADER
+from components.plots import confusion_matrix, digit_grid, training_curves
+from components.preprocess import as_images
+
+
+def read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found ({what})") from None
+    except ValueError as error:
+        raise InputError(f"{path}: not JSON ({error})") from None
+
+
+def first_labels(submission, count):
+    """The first `count` predicted labels of a submission.csv."""
+    try:
+        with open(submission, newline="") as file:
+            if file.readline().strip() != SUBMISSION_HEADER:
+                raise InputError(f"{submission}: line 1: expected the header {SUBMISSION_HEADER!r}")
+            return [line.strip().partition(",")[2] for line in islice(file, count)]
+    except FileNotFoundError:
+        raise InputError(f"{submission}: file not found") from None
+
+
+def report(history, metrics_json, submission, test_csv, report_html, test_samples_png=None, sample_count=40):
+    """Write the run's report as one HTML file (images inline, so the KFP UI shows it as it is).
+
+    The sample grid shows the first `sample_count` test digits with their submitted labels; with
+    `test_samples_png` it is also written there. Returns the figures the report shows.
+    """
+    history, metrics = read_json(history, "history.json from train"), read_json(metrics_json, "metrics.json from evaluate")
+    labels = first_labels(submission, sample_count)
+    _, pixels = next(iter_csv(test_csv, labelled=False, chunk_rows=len(labels) or 1))
+    members = history["members"]
+    figures = {
+        "validation accuracy": f"{metrics['accuracy']:.4%} ({metrics['errors']} errors in {metrics['images']:,} images)",
+        "validation log loss": f"{metrics['loss']:.4f}",
+        "int8 model accuracy": f"{metrics['int8']['accuracy']:.4%}",
+        "ensemble members": str(len(members)),
+        "epochs trained": ", ".join(str(len(member["loss"])) for member in members),
+        "pseudo-labelled test images": f"{history['pseudo_labels']:,}",
+        "training speed": f"{sum(member['images_per_second'][-1] for member in members) / len(members):,.0f} images/s",
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        pictures = {name: Path(folder) / f"{name}.png" for name in ("curves", "confusion", "samples")}
+        training_curves(members, pictures["curves"])
+        confusion_matrix(metrics["confusion_matrix"], pictures["confusion"])
+        digit_grid(as_images(pixels[:len(labels)]), labels, pictures["samples"])
+        inline = {name: base64.b64encode(path.read_bytes()).decode() for name, path in pictures.items()}
+        if test_samples_png:
+            with atomic_path(test_samples_png) as temporary:
+                temporary.write_bytes(pictures["samples"].read_bytes())
+    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>" for name, value in figures.items())
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Digit Recognizer run</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} th{{text-align:left;padding-right:2em}}
+img{{max-width:100%}}</style></head><body>
+<h1>Digit Recognizer run</h1>
+<table>{rows}</table>
+<h2>Training curves</h2><img alt="training curves" src="data:image/png;base64,{inline['curves']}">
+<h2>Confusion matrix (validation)</h2><img alt="confusion matrix" src="data:image/png;base64,{inline['confusion']}">
+<h2>The first {len(labels)} test digits and the submitted labels</h2>
+<img alt="test digits with predictions" src="data:image/png;base64,{inline['samples']}">
+</body></html>
+"""
+    with atomic_path(report_html) as temporary:
+        temporary.write_text(page)
+    return figures
+
+
+def main(argv=None):
+    defaults = signature_defaults(report)
+    parser = argparse.ArgumentParser(prog="python -m components.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--history", required=True, help="history.json from train")
+    parser.add_argument("--metrics", dest="metrics_json", required=True, help="metrics.json from evaluate")
+    parser.add_argument("--submission", required=True, help="submission.csv from score")
+    parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv: the digits of the sample grid")
+    parser.add_argument("--report", dest="report_html", required=True, help="where to write report.html")
+    parser.add_argument("--samples", dest="test_samples_png", help="where to write the sample grid as PNG too (optional)")
+    parser.add_argument("--sample-count", type=int, default=defaults["sample_count"], help="test digits in the grid (default: %(default)s)")
+    run_cli(report, vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
