@@ -124,7 +124,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         weight_decay: float = TRAIN["weight_decay"],
         label_smoothing: float = TRAIN["label_smoothing"],
         augment: bool = TRAIN["augment"],
-        elastic: bool = TRAIN["elastic"],
+        elastic_alpha: float = TRAIN["elastic_alpha"],
         patience: int = TRAIN["patience"],
         ensemble_size: int = TRAIN["ensemble_size"],
         train_on_validation: bool = TRAIN["train_on_validation"],
@@ -153,7 +153,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
             train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
             test_data=arrays.outputs["test_data"], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
             learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay, label_smoothing=label_smoothing,
-            augment=augment, elastic=elastic, patience=patience, seed=seed, ensemble_size=ensemble_size,
+            augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed, ensemble_size=ensemble_size,
             train_on_validation=train_on_validation, pseudo_labels=pseudo_labels,
             pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
         )

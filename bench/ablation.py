@@ -28,7 +28,8 @@ from components.train import load_models
 VARIANTS = {
     "baseline": ("default recipe: BN CNN, affine augmentation, warm-up + cosine, label smoothing 0.1", []),
     "no_augmentation": ("no augmentation", ["--no-augment"]),
-    "elastic": ("+ elastic distortion", ["--elastic"]),
+    "elastic": ("+ elastic distortion, Simard's strength (alpha 34, sigma 4)", ["--elastic-alpha", "34"]),
+    "elastic_mild": ("+ mild elastic distortion (alpha 10, sigma 4)", ["--elastic-alpha", "10"]),
     "no_label_smoothing": ("label smoothing 0", ["--label-smoothing", "0"]),
     "constant_learning_rate": ("constant learning rate (no warm-up, no cosine)", ["--learning-rate-schedule", "constant"]),
     "seed_43": ("baseline, seed 43", ["--seed", "43"]),
@@ -51,6 +52,24 @@ def accuracy(model_dirs, tta, images, labels):
     return float((predicted == labels).mean()), int((predicted != labels).sum())
 
 
+def plot(variants, path):
+    """Validation error per epoch, one line per trained variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, result in variants.items():
+        if "history" in result:
+            error = 100 * (1 - np.asarray(result["history"]["val_accuracy"]))
+            axis.plot(np.arange(1, len(error) + 1), error, marker="o", markersize=3, label=name.replace("_", " "))
+    axis.set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="validation error per epoch (seed 42 split)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
@@ -59,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--work", default="build/ablation", help="arrays and trained models")
     parser.add_argument("--results", default="bench/results/ablation.json")
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    parser.add_argument("--plot", default="docs/images/ablation_curves.png", help="where to plot validation error per epoch")
     args = parser.parse_args(argv)
     work, results_path = Path(args.work), Path(args.results)
     arrays = {name: work / f"{name}.npz" for name in ("train", "validation", "test")}
@@ -93,6 +113,7 @@ def main(argv=None):
             variants[name] = {"description": description, "accuracy": combined_accuracy, "errors": errors}
             print(f"{name}: {combined_accuracy:.4%} ({errors} errors)", flush=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
+    plot(variants, args.plot)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
     return warped[..., tf.newaxis]
 
 
-def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic=False):
+def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic_alpha=0.0):
     """Shuffled, augmented batches for all epochs at once, so each epoch sees new augmentations."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat(epochs)
@@ -116,9 +116,9 @@ def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic=
     def prepare(step, batch):
         batch_images, batch_labels = tf.cast(batch[0], tf.float32), tf.one_hot(batch[1], 10)
         batch_seed = tf.stack([tf.cast(seed, tf.int64), step])
-        if elastic:
+        if elastic_alpha:
             # Its own seeds, apart from the affine ones and from other members' (seed + 1, ...).
-            batch_images = elastic_distortion(batch_images, seed=batch_seed + [0, 1 << 32])
+            batch_images = elastic_distortion(batch_images, seed=batch_seed + [0, 1 << 32], alpha=elastic_alpha)
         if augment:
             batch_images = random_affine(batch_images, seed=batch_seed)
         return batch_images, batch_labels
@@ -160,7 +160,7 @@ def wants_mixed_precision(mixed_precision, gpus):
 
 
 def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, epochs, batch_size,
-        learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic, patience, seed,
+        learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha, patience, seed,
         train_on_validation):
     """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch)."""
     keras.utils.set_random_seed(seed)
@@ -188,7 +188,7 @@ def fit(model_path, train_images, train_labels, validation_images, validation_la
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
         ])
         history = model.fit(
-            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic),
+            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic_alpha),
             steps_per_epoch=steps_per_epoch,
             epochs=epochs,
             validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
@@ -216,7 +216,7 @@ def train(
     weight_decay=0.0001,
     label_smoothing=0.1,
     augment=True,
-    elastic=False,
+    elastic_alpha=0.0,
     patience=5,
     seed=42,
     ensemble_size=1,
@@ -230,7 +230,7 @@ def train(
 
     The learning rate warms up for one epoch, then follows a cosine down to zero ("cosine"), or stays
     at `learning_rate` ("constant"). Early stopping ends a member whose validation accuracy stalls for
-    `patience` epochs. `augment` rotates, shifts, shears and zooms; `elastic` adds elastic distortion.
+    `patience` epochs. `augment` rotates, shifts, shears and zooms; `elastic_alpha` > 0 adds elastic distortion of that strength.
     `train_on_validation` adds the validation images to the training set (for a final fit once the
     settings are chosen) and keeps each member's last epoch. With `pseudo_label_data` (test.npz), the
     ensemble first labels the test images, then is trained afresh with the test images it labelled with
@@ -260,7 +260,7 @@ def train(
     settings = dict(validation_images=validation_images, validation_labels=validation_labels, strategy=strategy,
                     epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                     learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
-                    label_smoothing=label_smoothing, augment=augment, elastic=elastic, patience=patience,
+                    label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
                     train_on_validation=train_on_validation)
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
     previous_policy = keras.mixed_precision.global_policy()
@@ -322,7 +322,7 @@ def main(argv=None):
     parser.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="AdamW weight decay (default: %(default)s)")
     parser.add_argument("--label-smoothing", type=float, default=defaults["label_smoothing"], help="label smoothing of the loss (default: %(default)s)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train on the images as they are (default: random rotation, shift, shear and zoom)")
-    parser.add_argument("--elastic", action="store_true", help="add elastic distortion to the augmentation")
+    parser.add_argument("--elastic-alpha", type=float, default=defaults["elastic_alpha"], help="strength of elastic distortion in pixels, 0 for none (Simard et al. used 34) (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=defaults["patience"], help="epochs without a better validation accuracy before stopping (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of weights, shuffling and augmentation (default: %(default)s)")
     parser.add_argument("--ensemble-size", type=int, default=defaults["ensemble_size"], help="CNNs to train, with seeds SEED, SEED+1, ... (default: %(default)s)")
