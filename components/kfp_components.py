@@ -18,6 +18,7 @@ def download_component(competition: str, train_csv: Output[Dataset], test_csv: O
 
     run_cli(download, dict(train_csv=train_csv.path, test_csv=test_csv.path, competition=competition))
 
+
 def preprocess_component(
     train_csv: Input[Dataset],
     test_csv: Input[Dataset],

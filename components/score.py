@@ -16,7 +16,6 @@ from components.kaggle_format import SUBMISSION_HEADER
 from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 
-
 READ_ROWS = 8192  # rows parsed at a time: big enough that pandas' per-chunk cost vanishes, 6 MB of pixels
 
 

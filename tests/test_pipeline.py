@@ -9,9 +9,9 @@ import yaml
 
 import pipeline
 from components.cli import signature_defaults
+from components.kaggle_csv import read_csv
 from components.onnx_model import load_session, predict
 from components.preprocess import as_images
-from components.kaggle_csv import read_csv
 from components.train import load_models, train
 from tests.conftest import run_module
 

@@ -1,10 +1,9 @@
 import numpy as np
 import onnx
 import pytest
-
-from components.artifacts import InputError, load_arrays
 import tensorflow as tf
 
+from components.artifacts import InputError, load_arrays
 from components.export import export, shifted_views
 from components.onnx_model import load_session, predict
 from components.train import load_models, train

@@ -7,8 +7,15 @@ import pytest
 import tensorflow as tf
 
 from components.artifacts import load_arrays
-from components.train import (build_model, elastic_distortion, load_models, random_affine, train, training_dataset,
-                              wants_mixed_precision)
+from components.train import (
+    build_model,
+    elastic_distortion,
+    load_models,
+    random_affine,
+    train,
+    training_dataset,
+    wants_mixed_precision,
+)
 from tests.conftest import ROOT, run_module
 
 

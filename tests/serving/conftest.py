@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 
+
 def wait_until_ready(client, seconds=10):
     deadline = time.monotonic() + seconds
     while client.get("/v2/health/ready").status_code != 200:
