@@ -249,8 +249,8 @@ def train(
     devices = training_devices()
     gpus = tf.config.list_physical_devices("GPU")
     use_mixed_precision = wants_mixed_precision(mixed_precision, gpus)
-    print(f"training on {len(devices)} GPU(s)" if devices else "training on the CPU (no GPU found)",
-          "with mixed precision" if use_mixed_precision else "", flush=True)
+    where = f"training on {len(devices)} GPU(s)" if devices else "training on the CPU (no GPU found)"
+    print(where + (", mixed precision" if use_mixed_precision else ""), flush=True)
     train_images, train_labels = load_arrays(train_data, "images", "labels")
     validation_images, validation_labels = load_arrays(validation_data, "images", "labels")
     if train_on_validation:
