@@ -290,7 +290,7 @@ def test_submit_with_a_profile_and_the_kaggle_download(kfp_api):
     api, host = kfp_api()
     assert pipeline.submit(host, kaggle_secret="kaggle-credentials", profile="best") == 0
     run = json.loads(next(body for method, path, _, body, _ in api.requests if method == "POST" and path == "/apis/v2beta1/runs"))
-    assert run["runtime_config"]["parameters"] == {"ensemble_size": 5, "tta": True}
+    assert run["runtime_config"]["parameters"] == {"ensemble_size": 5}
     # With Kubernetes settings, kfp.Client sends {"pipeline_spec": ..., "platform_spec": ...} as the run's pipeline_spec.
     assert "download-component" in run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
     secret = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-download-component"]["secretAsEnv"]
