@@ -34,7 +34,7 @@ VARIANTS = {
     "constant_learning_rate": ("constant learning rate (no warm-up, no cosine)", ["--learning-rate-schedule", "constant"]),
     "seed_43": ("baseline, seed 43", ["--seed", "43"]),
     "seed_44": ("baseline, seed 44", ["--seed", "44"]),
-    "pseudo_labels": ("+ pseudo-labels (test images labelled at >= 0.99, second round)", ["--pseudo-label-data", "{test}"]),
+    "pseudo_labels": ("+ pseudo-labels (test images labelled at >= 0.85, second round)", ["--pseudo-label-data", "{test}"]),
 }
 # name: (what it is, trained variants averaged, test-time augmentation)
 COMBINATIONS = {
