@@ -70,6 +70,17 @@ def plot(variants, path):
     figure.savefig(path, dpi=100, bbox_inches="tight")
 
 
+def markdown_table(variants):
+    """The results as the table in docs/MODEL.md."""
+    baseline = variants["baseline"]["errors"]
+    lines = ["| variant | validation accuracy | errors | vs baseline |", "| --- | --- | --- | --- |"]
+    for result in variants.values():
+        change = result["errors"] - baseline
+        lines.append(f"| {result['description']} | {result['accuracy']:.2%} | {result['errors']} | "
+                     f"{'+' if change > 0 else ''}{change if change else '='} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
@@ -114,6 +125,7 @@ def main(argv=None):
             print(f"{name}: {combined_accuracy:.4%} ({errors} errors)", flush=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
     plot(variants, args.plot)
+    print(markdown_table(variants))
 
 
 if __name__ == "__main__":

@@ -278,11 +278,13 @@ def train(
             confident = probabilities.max(axis=1) >= pseudo_label_confidence
             pseudo_labels = int(confident.sum())
             print(f"pseudo-labels: {pseudo_labels} of {len(test_images)} test images at confidence >= "
-                  f"{pseudo_label_confidence}; training again with them", flush=True)
-            train_images = np.concatenate([train_images, test_images[confident]])
-            train_labels = np.concatenate([train_labels, probabilities[confident].argmax(axis=1).astype(train_labels.dtype)])
-            histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
-                         for member, path in enumerate(model_paths)]
+                  f"{pseudo_label_confidence}" + ("; training again with them" if pseudo_labels else
+                                                   "; keeping the first models"), flush=True)
+            if pseudo_labels:
+                train_images = np.concatenate([train_images, test_images[confident]])
+                train_labels = np.concatenate([train_labels, probabilities[confident].argmax(axis=1).astype(train_labels.dtype)])
+                histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
+                             for member, path in enumerate(model_paths)]
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     history = {"members": histories, "pseudo_labels": pseudo_labels}

@@ -122,6 +122,10 @@ def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, array
     assert history["members"][0]["images_per_second"]  # the second round's history
     assert json.loads((tmp_path / "h.json").read_text())["pseudo_labels"] == 60
     assert len(train_images) == 270
+    history = train(arrays["train"], arrays["validation"], tmp_path / "n", tmp_path / "n.json", epochs=1, batch_size=32,
+                    pseudo_label_data=arrays["test"], pseudo_label_confidence=1.0)
+    assert history["pseudo_labels"] == 0
+    assert "0 of 60 test images at confidence >= 1.0; keeping the first models" in capsys.readouterr().out
 
 
 def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
