@@ -39,6 +39,8 @@ VARIANTS = {
 # name: (what it is, trained variants averaged, test-time augmentation)
 COMBINATIONS = {
     "baseline_tta": ("baseline + test-time augmentation (5 shifted views)", ["baseline"], True),
+    "seed_43_tta": ("seed 43 + test-time augmentation", ["seed_43"], True),
+    "seed_44_tta": ("seed 44 + test-time augmentation", ["seed_44"], True),
     "ensemble_3": ("ensemble of 3 (seeds 42, 43, 44)", ["baseline", "seed_43", "seed_44"], False),
     "ensemble_3_tta": ("ensemble of 3 + test-time augmentation", ["baseline", "seed_43", "seed_44"], True),
 }
