@@ -58,3 +58,13 @@ def load_arrays(path, *names):
 def save_json(path, value):
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def load_json(path, what):
+    """Read a JSON file that a step wrote; `what` names it in the error (e.g. "metrics.json from evaluate")."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found ({what})") from None
+    except ValueError as error:
+        raise InputError(f"{path}: not JSON ({error})") from None

@@ -6,26 +6,16 @@
 import argparse
 import base64
 import html
-import json
 import tempfile
 from itertools import islice
 from pathlib import Path
 
-from components.artifacts import InputError, atomic_path
+from components.artifacts import InputError, atomic_path, load_json
 from components.cli import run_cli, signature_defaults
 from components.kaggle_csv import iter_csv
 from components.kaggle_format import SUBMISSION_HEADER
 from components.plots import confusion_matrix, digit_grid, training_curves
 from components.preprocess import as_images
-
-
-def read_json(path, what):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found ({what})") from None
-    except ValueError as error:
-        raise InputError(f"{path}: not JSON ({error})") from None
 
 
 def first_labels(submission, count):
@@ -45,7 +35,7 @@ def report(history, metrics_json, submission, test_csv, report_html, test_sample
     The sample grid shows the first `sample_count` test digits with their submitted labels; with
     `test_samples_png` it is also written there. Returns the figures the report shows.
     """
-    history, metrics = read_json(history, "history.json from train"), read_json(metrics_json, "metrics.json from evaluate")
+    history, metrics = load_json(history, "history.json from train"), load_json(metrics_json, "metrics.json from evaluate")
     labels = first_labels(submission, sample_count)
     _, pixels = next(iter_csv(test_csv, labelled=False, chunk_rows=len(labels) or 1))
     members = history["members"]

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from components.artifacts import InputError, atomic_path, load_arrays, save_arrays, save_json
+from components.artifacts import InputError, atomic_path, load_arrays, load_json, save_arrays, save_json
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -48,3 +48,13 @@ def test_load_arrays_names_what_is_wrong(tmp_path):
 def test_save_json_writes_readable_json(tmp_path):
     save_json(tmp_path / "m.json", {"accuracy": 0.99})
     assert json.loads((tmp_path / "m.json").read_text()) == {"accuracy": 0.99}
+
+
+def test_load_json_reads_back_and_names_a_bad_file(tmp_path):
+    save_json(tmp_path / "m.json", {"accuracy": 0.99})
+    assert load_json(tmp_path / "m.json", "metrics") == {"accuracy": 0.99}
+    with pytest.raises(InputError, match=r"none.json: file not found \(metrics\)"):
+        load_json(tmp_path / "none.json", "metrics")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="bad.json: not JSON"):
+        load_json(tmp_path / "bad.json", "metrics")
