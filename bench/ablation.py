@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from components.artifacts import load_arrays
-from components.export import inference_function
+from components.export import inference_function, tensorflow_probabilities
 from components.preprocess import preprocess
 from components.train import load_models
 
@@ -48,9 +47,7 @@ COMBINATIONS = {
 
 def accuracy(model_dirs, tta, images, labels):
     serve = inference_function([model for folder in model_dirs for model in load_models(folder)], tta)
-    probabilities = np.concatenate([serve(tf.constant(images[start:start + 512], tf.float32))["probabilities"].numpy()
-                                    for start in range(0, len(images), 512)])
-    predicted = probabilities.argmax(axis=1)
+    predicted = tensorflow_probabilities(serve, images).argmax(axis=1)
     return float((predicted == labels).mean()), int((predicted != labels).sum())
 
 

@@ -46,15 +46,20 @@ def to_onnx(function, opset=17):
     return model_proto
 
 
-def parity(function, session, images, batch_size=1024):
-    """Largest absolute difference of probabilities, and the number of differing labels, TensorFlow vs onnxruntime."""
-    tensorflow_probabilities = np.concatenate([
+def tensorflow_probabilities(function, images, batch_size=1024):
+    """An `inference_function`'s probabilities for uint8 images, computed by TensorFlow in batches."""
+    return np.concatenate([
         function(tf.constant(images[start:start + batch_size], tf.float32))["probabilities"].numpy()
         for start in range(0, len(images), batch_size)
     ])
+
+
+def parity(function, session, images, batch_size=1024):
+    """Largest absolute difference of probabilities, and the number of differing labels, TensorFlow vs onnxruntime."""
+    expected = tensorflow_probabilities(function, images, batch_size)
     onnx_probabilities, onnx_labels = predict(session, images, batch_size)
-    max_difference = float(np.abs(tensorflow_probabilities - onnx_probabilities).max())
-    label_mismatches = int((tensorflow_probabilities.argmax(axis=1) != onnx_labels).sum())
+    max_difference = float(np.abs(expected - onnx_probabilities).max())
+    label_mismatches = int((expected.argmax(axis=1) != onnx_labels).sum())
     return max_difference, label_mismatches
 
 

@@ -265,11 +265,14 @@ def train(
                     label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
                     train_on_validation=train_on_validation)
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
+
+    def fit_members(images, labels):
+        return [fit(path, images, labels, seed=seed + member, **settings) for member, path in enumerate(model_paths)]
+
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed_precision else "float32")
     try:
-        histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
-                     for member, path in enumerate(model_paths)]
+        histories = fit_members(train_images, train_labels)
         pseudo_labels = 0
         if pseudo_label_data is not None:
             (test_images,) = load_arrays(pseudo_label_data, "images")
@@ -283,8 +286,7 @@ def train(
             if pseudo_labels:
                 train_images = np.concatenate([train_images, test_images[confident]])
                 train_labels = np.concatenate([train_labels, probabilities[confident].argmax(axis=1).astype(train_labels.dtype)])
-                histories = [fit(path, train_images, train_labels, seed=seed + member, **settings)
-                             for member, path in enumerate(model_paths)]
+                histories = fit_members(train_images, train_labels)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     history = {"members": histories, "pseudo_labels": pseudo_labels}
