@@ -386,8 +386,7 @@ def main(argv=None):
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
-    run_parser.add_argument("--profile", choices=list(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: one CNN, 15 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: %(default)s)")
-    run_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter, e.g. --param epochs=20 (repeatable)")
+    parameter_options(run_parser)
     run_parser.add_argument("--docker", action="store_true", help="run each step in its container (kfp.local's DockerRunner; make images builds the image)")
     image_options(run_parser)
     submit_parser = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster (kfp.Client)")
@@ -396,13 +395,12 @@ def main(argv=None):
     submit_parser.add_argument("--test-csv", help="test.csv as a URI the cluster reads")
     submit_parser.add_argument("--experiment", default="digit-recognizer", help="experiment to file the run under (default: %(default)s)")
     submit_parser.add_argument("--run-name", help="the run's name in the UI (default: the package name and time)")
-    submit_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a pipeline parameter (repeatable)")
     submit_parser.add_argument("--wait", action="store_true", help="follow the run to its end; exit 0 only if it succeeded")
     submit_parser.add_argument("--poll-seconds", type=float, default=5, help="with --wait: seconds between status checks (default: %(default)s)")
     submit_parser.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="with --wait: give up after this many seconds (default: a week)")
     submit_parser.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow")
     submit_parser.add_argument("--token", help="a bearer token for the KFP API (kfp.Client's existing_token)")
-    submit_parser.add_argument("--profile", choices=list(PROFILES), default="default", help="parameter settings, as for run (default: %(default)s)")
+    parameter_options(submit_parser)
     image_options(submit_parser)
     accelerator_options(submit_parser)
     kaggle_options(submit_parser)
@@ -416,6 +414,13 @@ def main(argv=None):
                                 args.timeout, args.kaggle_secret, args.profile))
     else:
         run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
+
+
+def parameter_options(parser):
+    parser.add_argument("--profile", choices=list(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: "
+                        "one CNN, 15 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: %(default)s)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a pipeline parameter on top of the profile, e.g. --param epochs=20 (repeatable)")
 
 
 def accelerator_options(parser):
