@@ -289,6 +289,9 @@ def train(
                 histories = fit_members(train_images, train_labels)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    # Members of an earlier, larger ensemble in the same folder would be averaged in by export.
+    for stale in set(Path(model_dir).glob(MODEL_FILE.format(member="*"))) - set(model_paths):
+        stale.unlink()
     history = {"members": histories, "pseudo_labels": pseudo_labels}
     save_json(history_path, history)
     if curves_png:

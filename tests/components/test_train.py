@@ -111,6 +111,8 @@ def test_an_ensemble_is_one_model_per_seed(tmp_path, arrays):
     for first, second in zip(members[1].get_weights(), load_models(tmp_path / "seed6")[0].get_weights()):
         np.testing.assert_allclose(first, second, atol=1e-6)  # member 1 is the model of seed 6
     assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
+    train(arrays["train"], arrays["validation"], tmp_path / "ensemble", tmp_path / "h.json", epochs=1, batch_size=64, seed=5)
+    assert len(load_models(tmp_path / "ensemble")) == 1  # the earlier run's member 1 is gone
 
 
 def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, arrays, capsys):
