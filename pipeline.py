@@ -128,6 +128,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         patience: int = TRAIN["patience"],
         ensemble_size: int = TRAIN["ensemble_size"],
         train_on_validation: bool = TRAIN["train_on_validation"],
+        ema_momentum: float = TRAIN["ema_momentum"],
         pseudo_labels: bool = False,
         pseudo_label_confidence: float = TRAIN["pseudo_label_confidence"],
         mixed_precision: str = TRAIN["mixed_precision"],
@@ -154,7 +155,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
             test_data=arrays.outputs["test_data"], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
             learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay, label_smoothing=label_smoothing,
             augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed, ensemble_size=ensemble_size,
-            train_on_validation=train_on_validation, pseudo_labels=pseudo_labels,
+            train_on_validation=train_on_validation, ema_momentum=ema_momentum, pseudo_labels=pseudo_labels,
             pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
         )
         exported = step(

@@ -57,6 +57,7 @@ def train_component(
     seed: int,
     ensemble_size: int,
     train_on_validation: bool,
+    ema_momentum: float,
     pseudo_labels: bool,
     pseudo_label_confidence: float,
     mixed_precision: str,
@@ -73,7 +74,7 @@ def train_component(
         history_path=history.path, curves_png=training_curves.path, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
         label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed,
-        ensemble_size=ensemble_size, train_on_validation=train_on_validation,
+        ensemble_size=ensemble_size, train_on_validation=train_on_validation, ema_momentum=ema_momentum,
         pseudo_label_data=test_data.path if pseudo_labels else None,
         pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
     ))

@@ -95,7 +95,7 @@ def test_pipeline_defaults_are_the_functions_defaults(tmp_path):
     train_defaults = signature_defaults(train)
     for name in ("epochs", "batch_size", "learning_rate", "learning_rate_schedule", "weight_decay", "label_smoothing",
                  "augment", "elastic_alpha", "patience", "seed", "ensemble_size", "train_on_validation",
-                 "pseudo_label_confidence", "mixed_precision"):
+                 "ema_momentum", "pseudo_label_confidence", "mixed_precision"):
         assert parameters[name]["defaultValue"] == train_defaults[name], name
     assert parameters["tta"]["defaultValue"] is signature_defaults(pipeline.export)["tta"] is False
     assert parameters["pseudo_labels"]["defaultValue"] is False

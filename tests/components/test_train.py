@@ -13,8 +13,10 @@ from components.train import (
     load_models,
     random_affine,
     train,
+    WeightAverage,
     training_dataset,
-    wants_mixed_precision,
+    precision_policy,
+    cpu_has_bfloat16,
 )
 from tests.conftest import ROOT, run_module
 
@@ -138,23 +140,72 @@ def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
     assert history["members"][0]["images_per_second"][0] == pytest.approx(300 / history["members"][0]["seconds"][0])
 
 
-def test_mixed_precision_trains_in_float16_and_loads_back_in_float32(tmp_path, arrays):
+def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays):
     train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
           mixed_precision="on")
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
     saved = keras.models.load_model(tmp_path / "m" / "model-0.keras", compile=False)
-    assert saved.layers[2].dtype_policy.name == "mixed_float16"
+    assert saved.layers[2].dtype_policy.name == "mixed_bfloat16"
+    assert saved.layers[-1].dtype_policy.name == "float32"  # probabilities stay float32
     (model,) = load_models(tmp_path / "m")
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
 
 
-def test_mixed_precision_auto_wants_tensor_cores():
-    assert wants_mixed_precision("auto", []) is False  # CPU
-    assert wants_mixed_precision("on", []) is True
-    assert wants_mixed_precision("off", []) is False
+def test_precision_policy_follows_the_hardware():
+    assert precision_policy("auto", [], cpu_bfloat16=False) == "float32"
+    assert precision_policy("auto", [], cpu_bfloat16=True) == "mixed_bfloat16"
+    assert precision_policy("on", [], cpu_bfloat16=False) == "mixed_bfloat16"
+    assert precision_policy("off", [], cpu_bfloat16=True) == "float32"
     with pytest.raises(ValueError, match="mixed_precision must be auto, on or off"):
-        wants_mixed_precision("yes", [])
+        precision_policy("yes", [])
+
+
+def test_cpu_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    (tmp_path / "avx512").write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    (tmp_path / "avx2").write_text("flags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_bfloat16(tmp_path / "avx512") is True
+    assert cpu_has_bfloat16(tmp_path / "avx2") is False
+    assert cpu_has_bfloat16(tmp_path / "missing") is False
+
+
+def test_weight_average_averages_every_weight_with_a_warm_up():
+    import keras
+
+    class RawWeights(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            initial.extend(weight.numpy().copy() for weight in self.model.weights)
+
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([weight.numpy().copy() for weight in self.model.weights])
+
+    initial, raw = [], []
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    images, targets = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
+    model.fit(images, targets, batch_size=16, epochs=2, callbacks=[RawWeights(), WeightAverage(0.5)], verbose=0)
+    expected = [0.1 * start + 0.9 * first for start, first in zip(initial, raw[0])]  # the warm-up's first momentum: 0.1
+    for step, weights in enumerate(raw[1:], start=1):
+        momentum = min(0.5, (1 + step) / (10 + step))
+        expected = [momentum * average + (1 - momentum) * weight for average, weight in zip(expected, weights)]
+    assert len(raw) == 8  # 4 steps an epoch
+    assert len(model.weights) == 8  # 2 kernels, 2 biases, batch norm's gamma, beta, mean and variance
+    for average, weight in zip(expected, model.weights):
+        np.testing.assert_allclose(weight.numpy(), average, rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_a_weight_average_saves_the_averaged_best_epoch(tmp_path, arrays):
+    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=3, batch_size=32,
+                    patience=3, ema_momentum=0.9, mixed_precision="off")
+    (model,) = load_models(tmp_path / "m")
+    images, labels = load_arrays(arrays["validation"], "images", "labels")
+    saved_accuracy = (model.predict(images.astype(np.float32), verbose=0).argmax(axis=1) == labels).mean()
+    assert saved_accuracy == pytest.approx(max(history["members"][0]["val_accuracy"]))
+
+
+def test_train_rejects_a_momentum_of_one(tmp_path, arrays):
+    with pytest.raises(ValueError, match=r"ema_momentum must be in \[0, 1\), got 1"):
+        train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", ema_momentum=1)
 
 
 MIRRORED_ON_TWO_CPUS = """
@@ -200,7 +251,7 @@ def test_cli_help_and_missing_input(tmp_path):
     help_text = run_module("-m", "components.train", "--help").stdout
     for option in ("--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule", "--weight-decay",
                    "--label-smoothing", "--no-augment", "--elastic-alpha", "--patience", "--seed", "--ensemble-size",
-                   "--train-on-validation", "--pseudo-label-data", "--pseudo-label-confidence", "--mixed-precision",
+                   "--train-on-validation", "--ema-momentum", "--pseudo-label-data", "--pseudo-label-confidence", "--mixed-precision",
                    "--curves", "--history"):
         assert option in help_text
     result = run_module("-m", "components.train", "--train-data", str(tmp_path / "none.npz"),

@@ -1,0 +1,153 @@
+"""Recipes on the leaderboard: each training recipe's submission.csv, its wall time, and its public score.
+
+    python bench/recipes.py train RECIPE [RECIPE ...] [--seeds 42 43]
+    python bench/recipes.py score --leaderboard ../shared/tools/leaderboard
+    python bench/recipes.py report
+
+`train` runs the train step's own function (components.train.train) with the recipe's settings on the
+split that `seed` draws (as the pipeline does), predicts Kaggle's test images with the trained members
+averaged (the function that export converts to ONNX) and writes runs/recipes/RECIPE/seed-N/submission.csv,
+with the training wall time and validation accuracy in bench/results/recipes.json. `score` hands every
+submission to a scorer outside the project (Kaggle, or a stand-in for its public leaderboard) and records
+what it says. `report` prints the table of docs/MODEL.md and plots leaderboard accuracy against wall time.
+A recipe already measured for a seed is not trained again, so the runs can be spread over sessions.
+"""
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.artifacts import load_arrays
+from components.export import inference_function, tensorflow_probabilities
+from components.kaggle_format import SUBMISSION_HEADER
+from components.preprocess import preprocess
+from components.train import load_models, train
+
+# name: (what it is, settings of train() on top of its defaults)
+RECIPES = {
+    "default_v1": ("one CNN, 15 epochs, float32 (the default until now)", {"mixed_precision": "off"}),
+    "bf16": ("one CNN, 15 epochs, bfloat16", {}),
+    "bf16_30": ("one CNN, 30 epochs, bfloat16", {"epochs": 30}),
+    "bf16_30_all": ("one CNN, 30 epochs, bfloat16, trained on all 42,000 rows", {"epochs": 30, "train_on_validation": True}),
+}
+RESULTS = Path("bench/results/recipes.json")
+RUNS = Path("runs/recipes")
+
+
+def write_submission(labels, path):
+    lines = [SUBMISSION_HEADER] + [f"{image_id},{label}" for image_id, label in enumerate(labels, start=1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def load_results():
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+
+
+def save_results(results):
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def train_recipe(name, seed, train_csv, test_csv):
+    description, settings = RECIPES[name]
+    arrays = {part: RUNS / "arrays" / f"seed-{seed}" / f"{part}.npz" for part in ("train", "validation", "test")}
+    if not all(path.is_file() for path in arrays.values()):
+        preprocess(train_csv, test_csv, arrays["train"], arrays["validation"], arrays["test"], seed=seed)
+    run = RUNS / name / f"seed-{seed}"
+    started = time.perf_counter()
+    history = train(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **settings)
+    seconds = time.perf_counter() - started
+    (test_images,) = load_arrays(arrays["test"], "images")
+    validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
+    serve = inference_function(load_models(run / "model"))
+    write_submission(tensorflow_probabilities(serve, test_images).argmax(axis=1), run / "submission.csv")
+    validation_accuracy = float((tensorflow_probabilities(serve, validation_images).argmax(axis=1) == validation_labels).mean())
+    return {"description": description, "settings": settings, "train_seconds": round(seconds),
+            "epochs_run": [len(member["loss"]) for member in history["members"]],
+            "validation_accuracy": validation_accuracy, "submission": str(run / "submission.csv")}
+
+
+def score(leaderboard):
+    """Ask the external scorer about every submission not yet scored; it prints `N of M rows right` per file."""
+    results = load_results()
+    for name, seeds in results.items():
+        for seed, result in seeds.items():
+            if "leaderboard" not in result:
+                output = subprocess.run([leaderboard, result["submission"]], capture_output=True, text=True, check=True).stdout
+                right, rows = map(int, re.search(r"(\d+) of (\d+) rows right", output).groups())
+                result["leaderboard"] = right / rows
+                print(f"{name} seed {seed}: {result['leaderboard']:.4%}")
+    save_results(results)
+
+
+def summary(results):
+    """Per recipe: mean and sd of the leaderboard accuracy over seeds, and the median training time."""
+    rows = []
+    for name, seeds in results.items():
+        scores = [result["leaderboard"] for result in seeds.values() if "leaderboard" in result]
+        if scores:
+            rows.append({"recipe": name, "description": RECIPES.get(name, (name,))[0], "seeds": len(scores),
+                         "mean": statistics.mean(scores), "sd": statistics.stdev(scores) if len(scores) > 1 else None,
+                         "validation": statistics.mean(result["validation_accuracy"] for result in seeds.values()),
+                         "minutes": statistics.median(result["train_seconds"] for result in seeds.values()) / 60})
+    return sorted(rows, key=lambda row: row["minutes"])
+
+
+def report(plot_path):
+    rows = summary(load_results())
+    print("| recipe | seeds | leaderboard (mean ± sd) | validation | training minutes (median) |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        spread = f" ± {row['sd']:.2%}" if row["sd"] is not None else ""
+        print(f"| {row['description']} | {row['seeds']} | {row['mean']:.2%}{spread} | {row['validation']:.2%} | {row['minutes']:.1f} |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        axis.errorbar(row["minutes"], 100 * row["mean"], yerr=100 * (row["sd"] or 0), marker="o", capsize=3)
+        axis.annotate(row["recipe"], (row["minutes"], 100 * row["mean"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    axis.set(xlabel="training minutes on a 2-core CPU (median over seeds)", ylabel="public leaderboard accuracy (%)",
+             title="what each minute of training buys (mean over seeds, ± sd)")
+    axis.grid(alpha=0.3)
+    figure.savefig(plot_path, dpi=100, bbox_inches="tight")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="train recipes and write their submissions")
+    train_parser.add_argument("recipes", nargs="+", choices=list(RECIPES))
+    train_parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    train_parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
+    train_parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
+    score_parser = commands.add_parser("score", help="score every submission with an external leaderboard command")
+    score_parser.add_argument("--leaderboard", required=True, help="a command that takes submission.csv files and prints accuracies")
+    report_parser = commands.add_parser("report", help="print the table and plot accuracy against time")
+    report_parser.add_argument("--plot", default="docs/images/leaderboard_vs_time.png")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        for seed in args.seeds:
+            for name in args.recipes:
+                results = load_results()
+                if str(seed) in results.get(name, {}):
+                    continue
+                result = train_recipe(name, seed, args.train_csv, args.test_csv)
+                results = load_results()  # another run may have written meanwhile
+                results.setdefault(name, {})[str(seed)] = result
+                save_results(results)
+                print(f"{name} seed {seed}: validation {result['validation_accuracy']:.4%}, {result['train_seconds']} s", flush=True)
+    elif args.command == "score":
+        score(args.leaderboard)
+    else:
+        report(args.plot)
+
+
+if __name__ == "__main__":
+    main()
