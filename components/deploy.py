@@ -37,8 +37,11 @@ class DeployError(InputError):
 
 
 def inference_service(name, storage_uri, image=SERVE_IMAGE, namespace="default", min_replicas=1, max_replicas=3,
-                      service_account=None, cpu="500m", memory="512Mi", cpu_limit="1", memory_limit="1Gi"):
-    """The InferenceService the first deploy creates: our server as a custom predictor, hardened as deploy/ runs it."""
+                      service_account=None, cpu="1", memory="1Gi"):
+    """The InferenceService the first deploy creates: our server as a custom predictor, hardened as deploy/ runs it.
+
+    Requests equal limits (`cpu`, `memory`): a latency-bound server wants its core guaranteed.
+    """
     security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
                 "capabilities": {"drop": ["ALL"]}}
     container = {
@@ -48,7 +51,7 @@ def inference_service(name, storage_uri, image=SERVE_IMAGE, namespace="default",
         "args": ["--model", MODEL_DIR, "--host", "0.0.0.0", "--port", str(PORT)],
         "env": [{"name": STORAGE_URI_ENV, "value": storage_uri}],
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu_limit, "memory": memory_limit}},
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": PORT}, "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": security,
@@ -132,12 +135,13 @@ def default_namespace():
 
 
 def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_percent=100, min_replicas=1,
-           max_replicas=3, service_account="", timeout=600.0, poll_seconds=2.0, result_json=None, api_client=None):
+           max_replicas=3, service_account="", cpu="1", memory="1Gi", timeout=600.0, poll_seconds=2.0,
+           result_json=None, api_client=None):
     """Create the InferenceService `name` serving `storage_uri`, or update it; wait until Ready; return its URL and more.
 
     `canary_traffic_percent` below 100 sends that share of traffic to the new model on an update
-    (KServe keeps the rest on the previous one). Replicas and the service account are set on
-    creation only. Raises DeployError, one line, when the server refuses or the service is not
+    (KServe keeps the rest on the previous one). Replicas, the service account, CPU and memory
+    are set on creation only. Raises DeployError, one line, when the server refuses or the service is not
     Ready within `timeout` seconds.
     """
     if not 0 <= canary_traffic_percent <= 100:
@@ -155,7 +159,8 @@ def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_pe
         existing = get_or_none(api, where, name)
         if existing is None:
             attempt.verb = "create"
-            body = inference_service(name, storage_uri, image, namespace, min_replicas, max_replicas, service_account or None)
+            body = inference_service(name, storage_uri, image, namespace, min_replicas, max_replicas,
+                                     service_account or None, cpu, memory)
             applied = api.create_namespaced_custom_object(body=body, field_manager=FIELD_MANAGER, **where)
         else:
             attempt.verb = "patch"
@@ -266,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--min-replicas", type=int, default=defaults["min_replicas"], help="on creation (default: %(default)s)")
     parser.add_argument("--max-replicas", type=int, default=defaults["max_replicas"], help="on creation (default: %(default)s)")
     parser.add_argument("--service-account", default=defaults["service_account"], help="on creation: the predictor's service account, whose secrets read the storage URI")
+    parser.add_argument("--cpu", default=defaults["cpu"], help="on creation: CPU request and limit (default: %(default)s)")
+    parser.add_argument("--memory", default=defaults["memory"], help="on creation: memory request and limit (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=defaults["timeout"], help="seconds to wait for Ready (default: %(default)s)")
     parser.add_argument("--poll-seconds", type=float, default=defaults["poll_seconds"], help="seconds between status checks (default: %(default)s)")
     parser.add_argument("--result", dest="result_json", help="write the result (URL, action, generation) as JSON here")
