@@ -14,6 +14,7 @@ The service account needs get, create and patch on inferenceservices (deploy/rba
 import argparse
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,13 +28,22 @@ CONTAINER = "kserve-container"  # the name KServe looks for: its STORAGE_URI get
 STORAGE_URI_ENV = "STORAGE_URI"
 MODEL_DIR = "/mnt/models"
 PORT = 8080
-SERVE_IMAGE = "digit-recognizer-serve:latest"  # built from Dockerfile.serve (make images)
+SERVE_IMAGE_NAME = "digit-recognizer-serve"  # built from Dockerfile.serve (make images)
+SERVE_IMAGE = f"{SERVE_IMAGE_NAME}:latest"
+RBAC_VERBS = ("get", "create", "patch")  # all this step does to inferenceservices: deploy/kserve/rbac.yaml grants them
+NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # KServe's: a DNS-1035 label, as the service's host name
 FIELD_MANAGER = "digit-recognizer-deploy"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class DeployError(InputError):
     """A refusal or failure of the deployment, said in one line."""
+
+
+def check_name(name):
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise DeployError(f"InferenceService name {name!r}: use lower-case letters, digits and '-', starting with a letter "
+                          "(at most 63 characters)")
 
 
 def inference_service(name, storage_uri, image=SERVE_IMAGE, namespace="default", min_replicas=1, max_replicas=3,
@@ -144,6 +154,7 @@ def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_pe
     are set on creation only. Raises DeployError, one line, when the server refuses or the service is not
     Ready within `timeout` seconds.
     """
+    check_name(name)
     if not 0 <= canary_traffic_percent <= 100:
         raise DeployError(f"canary_traffic_percent must be between 0 and 100, not {canary_traffic_percent}")
     if not storage_uri:

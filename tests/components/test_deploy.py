@@ -229,10 +229,12 @@ def test_the_command_line_deploys_with_the_kubeconfig_and_writes_the_result(kser
 
 
 def test_the_command_line_reports_a_refusal_in_one_line(kserve_api, namespace):
-    result = run_module("-m", "components.deploy", "--name", "Not_A_Name", "--storage-uri", MODEL_V1, "--namespace", namespace)
+    result = run_module("-m", "components.deploy", "--name", "digits", "--storage-uri", MODEL_V1, "--namespace", namespace,
+                        "--cpu", "a lot")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"error: the Kubernetes API refused inferenceservices.serving.kserve.io {namespace}/Not_A_Name: ")
+    assert result.stderr.startswith(f"error: the Kubernetes API refused inferenceservices.serving.kserve.io {namespace}/digits: ")
+    assert "spec.predictor.containers.resources.limits.cpu" in result.stderr
 
 
 def test_no_credentials_and_no_server_are_one_line_errors(tmp_path, monkeypatch):
@@ -252,6 +254,7 @@ def test_no_credentials_and_no_server_are_one_line_errors(tmp_path, monkeypatch)
 @pytest.mark.parametrize("arguments, message", [
     (dict(canary_traffic_percent=101), "canary_traffic_percent must be between 0 and 100, not 101"),
     (dict(storage_uri=""), "storage_uri is empty"),
+    (dict(name="Digits_1"), "InferenceService name 'Digits_1': use lower-case letters, digits and '-', starting with a letter"),
 ])
 def test_bad_arguments_are_refused_before_any_request(arguments, message):
     with pytest.raises(DeployError, match=message):
