@@ -33,6 +33,7 @@ SERVE_IMAGE = f"{SERVE_IMAGE_NAME}:latest"
 RBAC_VERBS = ("get", "create", "patch")  # all this step does to inferenceservices: deploy/kserve/rbac.yaml grants them
 NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # KServe's: a DNS-1035 label, as the service's host name
 FIELD_MANAGER = "digit-recognizer-deploy"
+CONFLICT_TRIES = 5
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -159,7 +160,7 @@ def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_pe
         raise DeployError(f"canary_traffic_percent must be between 0 and 100, not {canary_traffic_percent}")
     if not storage_uri:
         raise DeployError("storage_uri is empty: it names the model KServe copies to /mnt/models")
-    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client import ApiException, CustomObjectsApi
 
     api_client = api_client or kubernetes_client()
     namespace = namespace or default_namespace()
@@ -167,16 +168,24 @@ def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_pe
     where = dict(group=GROUP, version=VERSION, namespace=namespace, plural=PLURAL)
     storage_uri = kserve_storage_uri(storage_uri)
     with api_errors(api_client, namespace, name) as attempt:
-        existing = get_or_none(api, where, name)
-        if existing is None:
-            attempt.verb = "create"
-            body = inference_service(name, storage_uri, image, namespace, min_replicas, max_replicas,
-                                     service_account or None, cpu, memory)
-            applied = api.create_namespaced_custom_object(body=body, field_manager=FIELD_MANAGER, **where)
-        else:
-            attempt.verb = "patch"
-            patch = update_patch(existing, storage_uri, image, canary_traffic_percent)
-            applied = api.patch_namespaced_custom_object(name=name, body=patch, field_manager=FIELD_MANAGER, **where)
+        for tries_left in reversed(range(CONFLICT_TRIES)):
+            attempt.verb = "get"
+            existing = get_or_none(api, where, name)
+            try:
+                if existing is None:
+                    attempt.verb = "create"
+                    body = inference_service(name, storage_uri, image, namespace, min_replicas, max_replicas,
+                                             service_account or None, cpu, memory)
+                    applied = api.create_namespaced_custom_object(body=body, field_manager=FIELD_MANAGER, **where)
+                else:
+                    attempt.verb = "patch"
+                    patch = update_patch(existing, storage_uri, image, canary_traffic_percent)
+                    applied = api.patch_namespaced_custom_object(name=name, body=patch, field_manager=FIELD_MANAGER, **where)
+                break
+            except ApiException as error:
+                # 409: KServe's controller wrote the status (or someone else the spec) since we read it: read again.
+                if error.status != 409 or not tries_left:
+                    raise
         attempt.verb = "get"
         status = wait_until_ready(api, where, name, applied["metadata"]["generation"], timeout, poll_seconds)
     result = {"name": name, "namespace": namespace, "url": status.get("url", ""), "storage_uri": storage_uri,
@@ -257,7 +266,7 @@ def api_errors(api_client, namespace, name):
         message = error_message(error)
         if error.status == 403:
             raise DeployError(f"forbidden: cannot {attempt.verb} {RESOURCE} in namespace {namespace} "
-                              f"(deploy/rbac.yaml grants it): {message}") from None
+                              f"(deploy/kserve/rbac.yaml grants it): {message}") from None
         if error.status == 401:
             raise DeployError(f"the Kubernetes API at {host} refused the credentials: {message}") from None
         if error.status == 404:
