@@ -274,7 +274,7 @@ def api_errors(api_client, namespace, name):
         if error.status == 422:
             raise DeployError(f"the Kubernetes API refused {target}: {message}") from None
         if error.status == 409:
-            raise DeployError(f"{target} changed while this deploy updated it; run it again ({message})") from None
+            raise DeployError(f"{target} kept changing while this deploy updated it; run it again ({message})") from None
         raise DeployError(f"cannot {attempt.verb} {target}: the API answered {error.status}: {message}") from None
     except HTTPError as error:
         raise DeployError(f"cannot reach the Kubernetes API at {host}: {' '.join(str(error).split())}") from None

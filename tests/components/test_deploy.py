@@ -113,6 +113,32 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
         assert "canaryTrafficPercent" not in read(kserve_api, namespace, "digits")["spec"]["predictor"]
 
 
+def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve_api, namespace, monkeypatch):
+    from kubernetes.client import CustomObjectsApi
+
+    import components.deploy
+
+    with KServeController(kserve_api, namespace, "digits"):
+        deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)
+        stale = read(kserve_api, namespace, "digits")
+        CustomObjectsApi(kserve_api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "digits", {"metadata": {"labels": {"team": "digits"}}})
+        reads = []
+        real_get_or_none = components.deploy.get_or_none
+
+        def first_read_is_stale(*arguments):
+            """The first read is from before the label was written: its patch gets a 409 Conflict."""
+            reads.append(arguments)
+            return stale if len(reads) == 1 else real_get_or_none(*arguments)
+
+        monkeypatch.setattr(components.deploy, "get_or_none", first_read_is_stale)
+        assert deploy("digits", MODEL_V2, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)["action"] == "updated"
+    assert len(reads) == 2
+    updated = read(kserve_api, namespace, "digits")
+    assert updated["metadata"]["labels"]["team"] == "digits"
+    assert our_container(updated)["env"] == [{"name": STORAGE_URI_ENV, "value": MODEL_V2}]
+
+
 def test_waiting_times_out_with_the_ready_condition_message(kserve_api, namespace):
     message = "Revision digits-predictor-00001 is waiting for load balancer to be ready"
     with KServeController(kserve_api, namespace, "digits", ready="Unknown", reason="RevisionMissing", message=message):
