@@ -11,7 +11,7 @@
 `run` executes every step on this machine with kfp.local, in this Python environment
 or (`--docker`) each step in its container, and copies what a user wants into `--out`
 (default runs/<timestamp>/, with runs/latest pointing at the newest).
-`--deploy NAME` adds a last step behind the accuracy gate: KServe serves the model as the
+`--deploy NAME` adds a step behind the accuracy gate: KServe serves the model as the
 InferenceService NAME (components/deploy.py).
 """
 import argparse
@@ -186,7 +186,9 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
                     start_row=shard.start_row, stop_row=shard.stop_row,
                 )
             joined = step("join", shard_submissions=dsl.Collected(scored.outputs["submission"]))
-            served = {"service_url": deploy_step(step, exported.outputs["onnx_model"], deploy_to, canary_traffic_percent)} if deploy_to else {}
+            served = {}
+            if deploy_to:
+                served["service_url"] = deploy_step(step, exported.outputs["onnx_model"], deploy_to, canary_traffic_percent)
             step(
                 "report",
                 history=trained.outputs["history"], metrics_json=evaluated.outputs["metrics_json"],
