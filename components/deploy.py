@@ -187,7 +187,9 @@ def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_pe
                 if error.status != 409 or not tries_left:
                     raise
         attempt.verb = "get"
-        status = wait_until_ready(api, where, name, applied["metadata"]["generation"], timeout, poll_seconds)
+        # A changed pod means a new predictor revision: until KServe reports one, its Ready is the old model's.
+        changed_pod = existing is not None and patch["spec"]["predictor"]["containers"] != existing["spec"]["predictor"]["containers"]
+        status = wait_until_ready(api, where, name, latest_revision(existing) if changed_pod else None, timeout, poll_seconds)
     result = {"name": name, "namespace": namespace, "url": status.get("url", ""), "storage_uri": storage_uri,
               "image": image, "action": "created" if existing is None else "updated",
               "generation": applied["metadata"]["generation"]}
@@ -212,21 +214,30 @@ def ready_condition(status):
     return next((condition for condition in status.get("conditions", []) if condition.get("type") == "Ready"), None)
 
 
-def wait_until_ready(api, where, name, generation, timeout, poll_seconds):
-    """The service's status once KServe reports it Ready for `generation` (this deploy's spec, not an older one)."""
+def latest_revision(service):
+    """The predictor revision KServe created last (Knative's revision, or the Deployment's), if it reported one."""
+    return ((service or {}).get("status", {}).get("components", {}).get("predictor", {})).get("latestCreatedRevision")
+
+
+def wait_until_ready(api, where, name, previous_revision, timeout, poll_seconds):
+    """The service's status once KServe reports it Ready; with `previous_revision`, only for a newer revision than that.
+
+    (KServe's status.observedGeneration is its Knative Service's or Deployment's, not the
+    InferenceService's, so the revision is what tells the new model's state from the old one's.)
+    """
     deadline = time.monotonic() + timeout
     label = f"{KIND} {where['namespace']}/{name}"
     while True:
-        status = api.get_namespaced_custom_object(name=name, **where).get("status", {})
-        condition = ready_condition(status)
-        current = status.get("observedGeneration", 0) >= generation
+        service = api.get_namespaced_custom_object(name=name, **where)
+        condition = ready_condition(service.get("status", {}))
+        current = previous_revision is None or latest_revision(service) not in (None, previous_revision)
         if current and condition and condition.get("status") == "True":
-            return status
+            return service["status"]
         if current and condition and condition.get("status") == "False":
             raise DeployError(f"{label} is not Ready: {describe(condition)}")
         if time.monotonic() >= deadline:
             if not current:
-                seen = f"KServe has not reconciled generation {generation} (observed: {status.get('observedGeneration', 'none')})"
+                seen = f"KServe has not rolled out a revision after {previous_revision}"
             else:
                 seen = f"last Ready condition: {describe(condition) if condition else 'none reported'}"
             raise DeployError(f"{label} not Ready within {timeout:g} s; {seen}")

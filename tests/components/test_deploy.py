@@ -11,14 +11,19 @@ import pytest
 import yaml
 
 from components.deploy import (CONTAINER, GROUP, PLURAL, STORAGE_URI_ENV, VERSION, DeployError, deploy,
-                               inference_service, kserve_storage_uri)
+                               inference_service, kserve_storage_uri, latest_revision)
 from tests.conftest import ROOT, run_module
 
 MODEL_V1, MODEL_V2 = "s3://models/digit-recognizer/run-1/onnx_model", "s3://models/digit-recognizer/run-2/onnx_model"
 
 
 class KServeController(threading.Thread):
-    """Plays KServe's controller for one InferenceService: each new generation gets a Ready condition (`ready`)."""
+    """Plays KServe's controller for one InferenceService: reconciles each new generation into its status.
+
+    A changed pod (the predictor's containers) becomes a new revision, as Knative makes one; the
+    Ready condition is `ready`. Like KServe, status.observedGeneration is the revision's
+    (Knative Service's) generation, not the InferenceService's.
+    """
 
     def __init__(self, api_client, namespace, name, ready="True", reason=None, message=None):
         super().__init__(daemon=True)
@@ -31,24 +36,31 @@ class KServeController(threading.Thread):
     def run(self):
         from kubernetes.client.exceptions import ApiException
 
+        reconciled, pod = None, None
         while not self.stopped.wait(0.05):
             try:
                 service = self.api.get_namespaced_custom_object(name=self.name, **self.where)
             except ApiException:
                 continue  # not created yet
-            generation = service["metadata"]["generation"]
-            if service.get("status", {}).get("observedGeneration") != generation:
-                self.api.patch_namespaced_custom_object_status(name=self.name, body={"status": self.status(generation)}, **self.where)
+            if service["metadata"]["generation"] == reconciled:
+                continue
+            revision = int((latest_revision(service) or "0").rsplit("-", 1)[-1])
+            if service["spec"]["predictor"]["containers"] != pod:
+                revision, pod = revision + 1, service["spec"]["predictor"]["containers"]
+            self.api.patch_namespaced_custom_object_status(name=self.name, body={"status": self.status(revision)}, **self.where)
+            reconciled = service["metadata"]["generation"]
 
-    def status(self, generation):
+    def status(self, revision):
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        namespace = self.where["namespace"]
+        namespace, name = self.where["namespace"], f"{self.name}-predictor-{revision:05d}"
         ready = {"type": "Ready", "status": self.ready, "lastTransitionTime": now}
         ready.update({key: value for key, value in (("reason", self.reason), ("message", self.message)) if value})
+        predictor = {"latestCreatedRevision": name, **({"latestReadyRevision": name} if self.ready == "True" else {})}
         return {
-            "observedGeneration": generation,
+            "observedGeneration": revision,
             "url": f"http://{self.name}.{namespace}.example.com",
             "address": {"url": f"http://{self.name}-predictor.{namespace}.svc.cluster.local"},
+            "components": {"predictor": predictor},
             "conditions": [{"type": "PredictorReady", "status": self.ready, "lastTransitionTime": now}, ready],
         }
 
@@ -59,6 +71,13 @@ class KServeController(threading.Thread):
     def __exit__(self, *exception):
         self.stopped.set()
         self.join()
+
+
+def until(check, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
 
 
 def read(api_client, namespace, name):
@@ -90,6 +109,7 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
         CustomObjectsApi(kserve_api).patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, "digits",
             {"metadata": {"labels": created["metadata"]["labels"]}, "spec": {"predictor": {"containers": created["spec"]["predictor"]["containers"]}}})
+        until(lambda: latest_revision(read(kserve_api, namespace, "digits")) == "digits-predictor-00002")  # the hand edit's
 
         second = deploy("digits", MODEL_V2, namespace, image="registry.example/digit-recognizer-serve:v2",
                         canary_traffic_percent=10, timeout=20, poll_seconds=0.05, api_client=kserve_api)
@@ -105,7 +125,7 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
         assert container["args"] == our_container(created)["args"] and container["securityContext"] == our_container(created)["securityContext"]
         assert updated["metadata"]["labels"]["team"] == "digits"
         assert updated["metadata"]["annotations"] == created["metadata"]["annotations"]
-        assert updated["status"]["observedGeneration"] == 3
+        assert latest_revision(updated) == "digits-predictor-00003"
 
         # 100%: no canary any more, the new model takes all traffic.
         deploy("digits", MODEL_V2, namespace, image="registry.example/digit-recognizer-serve:v2",
@@ -153,10 +173,10 @@ def test_waiting_times_out_with_the_ready_condition_message(kserve_api, namespac
 def test_a_stale_ready_of_the_previous_generation_is_not_taken_for_this_one(kserve_api, namespace):
     with KServeController(kserve_api, namespace, "digits"):
         deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)
-    # The controller is gone: the status still says Ready, but for generation 1.
+    # The controller is gone: the status still says Ready, but of the first model's revision.
     assert read(kserve_api, namespace, "digits")["status"]["conditions"][-1]["status"] == "True"
     with pytest.raises(DeployError, match=rf"^InferenceService {namespace}/digits not Ready within 0.5 s; "
-                                          r"KServe has not reconciled generation 2 \(observed: 1\)$"):
+                                          r"KServe has not rolled out a revision after digits-predictor-00001$"):
         deploy("digits", MODEL_V2, namespace, canary_traffic_percent=20, timeout=0.5, poll_seconds=0.05, api_client=kserve_api)
 
 
