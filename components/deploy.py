@@ -34,6 +34,9 @@ RBAC_VERBS = ("get", "create", "patch")  # all this step does to inferenceservic
 NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # KServe's: a DNS-1035 label, as the service's host name
 FIELD_MANAGER = "digit-recognizer-deploy"
 CONFLICT_TRIES = 5
+# Ready=False reasons that mean "not yet" rather than "failed": in RawDeployment mode KServe copies the
+# Deployment's Available condition, False while the first replicas start.
+STARTING_REASONS = {"MinimumReplicasUnavailable"}
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -233,7 +236,7 @@ def wait_until_ready(api, where, name, previous_revision, timeout, poll_seconds)
         current = previous_revision is None or latest_revision(service) not in (None, previous_revision)
         if current and condition and condition.get("status") == "True":
             return service["status"]
-        if current and condition and condition.get("status") == "False":
+        if current and condition and condition.get("status") == "False" and condition.get("reason") not in STARTING_REASONS:
             raise DeployError(f"{label} is not Ready: {describe(condition)}")
         if time.monotonic() >= deadline:
             if not current:

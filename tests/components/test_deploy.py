@@ -159,15 +159,18 @@ def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve
     assert our_container(updated)["env"] == [{"name": STORAGE_URI_ENV, "value": MODEL_V2}]
 
 
-def test_waiting_times_out_with_the_ready_condition_message(kserve_api, namespace):
-    message = "Revision digits-predictor-00001 is waiting for load balancer to be ready"
-    with KServeController(kserve_api, namespace, "digits", ready="Unknown", reason="RevisionMissing", message=message):
+@pytest.mark.parametrize("ready, reason, message", [
+    ("Unknown", "RevisionMissing", "Revision digits-predictor-00001 is waiting for load balancer to be ready"),  # Serverless
+    ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."),  # RawDeployment, starting
+])
+def test_waiting_times_out_with_the_ready_condition_message(kserve_api, namespace, ready, reason, message):
+    with KServeController(kserve_api, namespace, "digits", ready=ready, reason=reason, message=message):
         started = time.monotonic()
         with pytest.raises(DeployError) as caught:
             deploy("digits", MODEL_V1, namespace, timeout=1, poll_seconds=0.05, api_client=kserve_api)
     assert time.monotonic() - started < 5
     assert str(caught.value) == (f"InferenceService {namespace}/digits not Ready within 1 s; "
-                                 f"last Ready condition: RevisionMissing: {message}")
+                                 f"last Ready condition: {reason}: {message}")
 
 
 def test_a_stale_ready_of_the_previous_generation_is_not_taken_for_this_one(kserve_api, namespace):
