@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from components.deploy import (CONTAINER, GROUP, PLURAL, STORAGE_URI_ENV, VERSION, DeployError, deploy,
+from components.deploy import (CONTAINER, GROUP, PLURAL, RBAC_VERBS, STORAGE_URI_ENV, VERSION, DeployError, deploy,
                                inference_service, kserve_storage_uri, latest_revision)
 from tests.conftest import ROOT, run_module
 
@@ -209,13 +209,12 @@ def impersonating(api_client, user):
     return ApiClient(api_client.configuration, header_name="Impersonate-User", header_value=user)
 
 
-def grant(api_client, namespace, service_account, verbs):
-    """deploy/kserve/rbac.yaml's Role and RoleBinding in `namespace`, for `service_account`, with `verbs`."""
+def grant(api_client, namespace, service_account):
+    """deploy/kserve/rbac.yaml's Role and RoleBinding in `namespace`, for `service_account`."""
     from kubernetes.client import RbacAuthorizationV1Api
 
     rbac = RbacAuthorizationV1Api(api_client)
     role, binding = yaml.safe_load_all((ROOT / "deploy" / "kserve" / "rbac.yaml").read_text())
-    role["rules"][0]["verbs"] = verbs
     binding["subjects"][0].update(name=service_account, namespace=namespace)
     rbac.create_namespaced_role(namespace, role)
     rbac.create_namespaced_role_binding(namespace, binding)
@@ -234,7 +233,8 @@ def test_the_rbac_manifest_allows_exactly_what_the_step_does(kserve_api, namespa
         f'cannot get resource "inferenceservices" in API group "serving.kserve.io"')
     assert "\n" not in str(caught.value)
 
-    role = grant(kserve_api, namespace, "pipeline-runner", ["get", "create", "patch"])
+    role = grant(kserve_api, namespace, "pipeline-runner")
+    assert role["rules"] == [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": list(RBAC_VERBS)}]
     with KServeController(kserve_api, namespace, "digits"):
         assert deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=runner)["action"] == "created"
         assert deploy("digits", MODEL_V2, namespace, canary_traffic_percent=50, timeout=20, poll_seconds=0.05,
@@ -242,7 +242,7 @@ def test_the_rbac_manifest_allows_exactly_what_the_step_does(kserve_api, namespa
     # Each verb is needed: without it the step stops, naming it.
     rbac = RbacAuthorizationV1Api(kserve_api)
     for missing, name in (("get", "digits"), ("create", "fresh"), ("patch", "digits")):
-        role["rules"][0]["verbs"] = [verb for verb in ("get", "create", "patch") if verb != missing]
+        role["rules"][0]["verbs"] = [verb for verb in RBAC_VERBS if verb != missing]
         rbac.replace_namespaced_role(role["metadata"]["name"], namespace, role)
         with pytest.raises(DeployError, match=rf"^forbidden: cannot {missing} inferenceservices.serving.kserve.io in namespace {namespace} "):
             deploy(name, MODEL_V2, namespace, timeout=1, poll_seconds=0.05, api_client=runner)
