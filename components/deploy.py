@@ -5,11 +5,12 @@
 
 The predictor is our serve image speaking the V2 protocol on port 8080. KServe's storage
 initializer copies the storage URI into /mnt/models, which the server reads (a folder: its
-model.onnx or its only file). The first deploy creates the service with every setting below;
-a later one changes only what a new model changes (image, storage URI, canary traffic) with a
-JSON merge patch, so settings made since (replicas, resources, labels) survive. Kubernetes
-access: the pod's service account in a cluster, the kubeconfig outside (KUBECONFIG, ~/.kube/config).
-The service account needs get, create and patch on inferenceservices (deploy/rbac.yaml).
+model.onnx or its only file). The first deploy creates the service with all its settings
+(`inference_service`); a later one changes only what a new model changes (image, storage URI,
+canary traffic) with a JSON merge patch, so the first deploy's settings and any made since
+(replicas, resources, labels, environment) survive. Kubernetes access: the pod's service account
+in a cluster, the kubeconfig outside (KUBECONFIG, ~/.kube/config). The account needs get, create
+and patch on inferenceservices (deploy/kserve/rbac.yaml).
 """
 import argparse
 import contextlib
