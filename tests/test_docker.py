@@ -116,11 +116,12 @@ def assert_answers_v2(url):
 def test_serve_container_runs_as_the_deployment_runs_it(serve_image, served_model, tmp_path):
     """deploy/'s securityContext under Docker: another non-root user id, read-only root filesystem, no capabilities,
     no privilege escalation, /tmp the only writable place, the model on a read-only mount under KServe's artifact name."""
-    (deployment,) = [document for document in yaml.safe_load_all((ROOT / "deploy/deployment.yaml").read_text())]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = yaml.safe_load((ROOT / "deploy/deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"]
     models = tmp_path / "models"
     models.mkdir()
     shutil.copyfile(served_model, models / "onnx_model")  # as KServe's storage initializer leaves a KFP artifact
+    models.chmod(0o755)  # readable by any user id, whatever the umask
+    (models / "onnx_model").chmod(0o644)
     with running("--user", "12345:0", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
                  "--security-opt", "no-new-privileges", "-v", f"{models}:/mnt/models:ro",
                  SERVE_IMAGE, *container["command"], *container["args"]) as (url, running_container):
@@ -128,7 +129,8 @@ def test_serve_container_runs_as_the_deployment_runs_it(serve_image, served_mode
         # An upload past the form parser's 1 MB in memory spills to /tmp, the one writable place.
         upload = httpx.post(f"{url}/predict", files={"file": ("digit.png", digit_png(), "image/png")})
         assert upload.status_code == 200 and upload.json()["label"] in range(10)
-        inside = docker("exec", running_container, "sh", "-c", "id -u; touch /app/x 2>&1; touch /mnt/models/x 2>&1; cat /proc/1/status | grep CapEff", check=False).stdout
+        inside = docker("exec", running_container, "sh", "-c",
+                        "id -u; touch /app/x 2>&1; touch /mnt/models/x 2>&1; grep CapEff /proc/1/status", check=False).stdout
         assert inside.splitlines()[0] == "12345"
         assert inside.count("Read-only file system") == 2
         assert "CapEff:\t0000000000000000" in inside
