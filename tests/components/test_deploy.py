@@ -4,6 +4,7 @@ Nothing reconciles on that server (no nodes, no controllers): where KServe's con
 report an InferenceService's state, `KServeController` below writes it to the status subresource,
 as KServe does. These tests fail, not skip, in CI (CI=true), where .ci/run starts the server.
 """
+import shutil
 import threading
 import time
 
@@ -284,6 +285,36 @@ def test_the_command_line_reports_a_refusal_in_one_line(kserve_api, namespace):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(f"error: the Kubernetes API refused inferenceservices.serving.kserve.io {namespace}/digits: ")
     assert "spec.predictor.containers.resources.limits.cpu" in result.stderr
+
+
+def test_in_a_pod_it_uses_the_service_account_and_the_pod_namespace(kserve_api, namespace, tmp_path, monkeypatch):
+    """What a pod has: KUBERNETES_SERVICE_HOST/PORT, and the service account's token, CA and namespace files."""
+    from urllib.parse import urlsplit
+
+    from kubernetes.client import Configuration
+    from kubernetes.config import incluster_config
+
+    import components.deploy
+
+    server = urlsplit(kserve_api.configuration.host)
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(kserve_api.configuration.api_key["authorization"].removeprefix("Bearer "))
+    shutil.copyfile(kserve_api.configuration.ssl_ca_cert, account / "ca.crt")
+    (account / "namespace").write_text(namespace)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", server.hostname)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+    monkeypatch.setattr(components.deploy, "SERVICE_ACCOUNT_NAMESPACE", account / "namespace")
+    default = Configuration.get_default_copy()
+    try:
+        with KServeController(kserve_api, namespace, "digits"):
+            result = deploy("digits", MODEL_V1, timeout=20, poll_seconds=0.05)
+    finally:
+        Configuration.set_default(default)  # the in-cluster loader set the process-wide default
+    assert result["namespace"] == namespace and result["action"] == "created"
 
 
 def test_no_credentials_and_no_server_are_one_line_errors(tmp_path, monkeypatch):
