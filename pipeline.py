@@ -1,15 +1,18 @@
 """The Digit Recognizer pipeline for Kubeflow Pipelines (KFP v2), and its command line.
 
     python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG] [--kaggle-secret SECRET]
+                               [--deploy NAME [--deploy-namespace NS]]
     python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default|best] [--param NAME=VALUE ...]
                            [--docker [--image-prefix PREFIX] [--tag TAG]]
     python pipeline.py submit --host URL (--train-csv URI --test-csv URI | --kaggle-secret SECRET)
                               [--experiment NAME] [--run-name NAME] [--profile P] [--wait] [--param NAME=VALUE ...]
-                              [--namespace NS] [--token TOKEN]
+                              [--namespace NS] [--token TOKEN] [--deploy NAME [--deploy-namespace NS]]
 
 `run` executes every step on this machine with kfp.local, in this Python environment
 or (`--docker`) each step in its container, and copies what a user wants into `--out`
 (default runs/<timestamp>/, with runs/latest pointing at the newest).
+`--deploy NAME` adds a step behind the accuracy gate: KServe serves the model as the
+InferenceService NAME (components/deploy.py).
 """
 import argparse
 import datetime
@@ -27,6 +30,7 @@ from kfp import compiler, dsl, kubernetes, local
 from kfp.dsl import Artifact, Dataset, Model
 
 from components.cli import signature_defaults
+from components.deploy import RBAC_VERBS, RESOURCE, SERVE_IMAGE, SERVE_IMAGE_NAME, DeployError, check_name, deploy
 from components.download import COMPETITION
 from components.export import export
 from components.kfp_components import kfp_components
@@ -34,6 +38,7 @@ from components.preprocess import preprocess
 from components.train import MODEL_FILE, train
 
 PREPROCESS, TRAIN, EXPORT = signature_defaults(preprocess), signature_defaults(train), signature_defaults(export)
+DEPLOY = signature_defaults(deploy)
 PROFILES = {
     "quick": {"epochs": 1, "accuracy_threshold": 0.9},  # about a minute: demos and tests
     "default": {},  # the function defaults below: one CNN, 15 epochs
@@ -79,6 +84,7 @@ RESOURCES = {
     "score": ("2", "2G", "2", "4G"),
     "join": ("0.5", "512M", "1", "1G"),
     "report": ("1", "1G", "1", "2G"),
+    "deploy": ("0.1", "256M", "1", "512M"),
 }
 # Training on a GPU is not bit-for-bit repeatable, and a download or a refusal should happen anew each run.
 CACHED_STEPS = {"preprocess", "export", "evaluate", "shard_plan", "score", "join", "report"}
@@ -86,11 +92,12 @@ RETRIED_STEPS = set(RESOURCES) - {"reject"}  # a refusal is an answer, not a tra
 KAGGLE_SECRET_KEYS = {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}  # the fields of kaggle.json
 
 
-def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_secret=None):
+def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_secret=None, deploy_to=None):
     """The KFP pipeline, its steps running in `image`; training asks for one `accelerator` (None: CPU only).
 
     With `kaggle_secret` (the name of a Kubernetes secret holding kaggle.json's `username` and `key`),
     the first step downloads the data with the Kaggle CLI and `train_csv`/`test_csv` are not read.
+    With `deploy_to` (a DeployTarget), a model that passes the gate is served by KServe.
     """
     components = kfp_components(image)
 
@@ -137,6 +144,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         accuracy_threshold: float = 0.99,
         score_shards: int = 4,
         score_with_int8: bool = False,
+        canary_traffic_percent: int = DEPLOY["canary_traffic_percent"],
     ) -> PipelineOutputs:
         if kaggle_secret:
             downloaded = step("download", competition=COMPETITION)
@@ -179,10 +187,13 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
                     start_row=shard.start_row, stop_row=shard.stop_row,
                 )
             joined = step("join", shard_submissions=dsl.Collected(scored.outputs["submission"]))
+            served = {}
+            if deploy_to:
+                served["service_url"] = deploy_step(step, exported.outputs["onnx_model"], deploy_to, canary_traffic_percent)
             step(
                 "report",
                 history=trained.outputs["history"], metrics_json=evaluated.outputs["metrics_json"],
-                submission=joined.outputs["submission"], test_csv=test_file,
+                submission=joined.outputs["submission"], test_csv=test_file, **served,
             )
         with dsl.Else(name="not-accurate-enough"):
             step("reject", accuracy=accuracy, accuracy_threshold=accuracy_threshold)
@@ -218,8 +229,8 @@ GATED_RUN_FILES = {
 
 
 def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR,
-                     kaggle_secret=None):
-    compiler.Compiler().compile(build_pipeline(image, accelerator, kaggle_secret), package_path=str(output))
+                     kaggle_secret=None, deploy_to=None):
+    compiler.Compiler().compile(build_pipeline(image, accelerator, kaggle_secret, deploy_to), package_path=str(output))
     return Path(output)
 
 
@@ -324,7 +335,7 @@ def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docke
 
 def submit(host, train_csv=None, test_csv=None, experiment="digit-recognizer", run_name=None, params=(), wait=False,
            namespace=None, token=None, image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, poll_seconds=5,
-           timeout=7 * 24 * 3600, kaggle_secret=None, profile="default"):
+           timeout=7 * 24 * 3600, kaggle_secret=None, profile="default", deploy_to=None):
     """Compile the pipeline and start a run of it on the Kubeflow Pipelines at `host`.
 
     The data is `train_csv` and `test_csv` (URIs the cluster reads), or with `kaggle_secret` what the
@@ -340,7 +351,7 @@ def submit(host, train_csv=None, test_csv=None, experiment="digit-recognizer", r
     data = {} if kaggle_secret else {"train_csv": train_csv, "test_csv": test_csv}
     arguments = {**data, **PROFILES[profile], **parse_params(params)}
     with tempfile.TemporaryDirectory() as folder:
-        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator, kaggle_secret)
+        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator, kaggle_secret, deploy_to)
         try:
             warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2", category=FutureWarning)
             client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
@@ -384,6 +395,7 @@ def main(argv=None):
     image_options(compile_parser)
     accelerator_options(compile_parser)
     kaggle_options(compile_parser)
+    deploy_options(compile_parser)
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
     run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
@@ -405,14 +417,16 @@ def main(argv=None):
     image_options(submit_parser)
     accelerator_options(submit_parser)
     kaggle_options(submit_parser)
+    deploy_options(submit_parser)
     args = parser.parse_args(argv)
     image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
-        print(f"wrote {compile_pipeline(args.output, image, args.accelerator, args.kaggle_secret)} (steps run in {image})")
+        print(f"wrote {compile_pipeline(args.output, image, args.accelerator, args.kaggle_secret, deploy_target(args))} "
+              f"(steps run in {image})")
     elif args.command == "submit":
         raise SystemExit(submit(args.host, args.train_csv, args.test_csv, args.experiment, args.run_name, args.param,
                                 args.wait, args.namespace, args.token, image, args.accelerator, args.poll_seconds,
-                                args.timeout, args.kaggle_secret, args.profile))
+                                args.timeout, args.kaggle_secret, args.profile, deploy_target(args)))
     else:
         run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
 
@@ -437,6 +451,43 @@ def kaggle_options(parser):
 def image_options(parser):
     parser.add_argument("--image-prefix", default="", help=f"registry and path before {IMAGE_NAME}, e.g. ghcr.io/me/ (default: none)")
     parser.add_argument("--tag", default="latest", help="the training image's tag (default: %(default)s)")
+
+
+# Serving the model from the pipeline: the deploy step behind the gate (compile or submit with --deploy NAME).
+class DeployTarget(NamedTuple):
+    """Where the deploy step serves the model: the InferenceService `name` in `namespace` ("": the run's), running `image`."""
+    name: str
+    namespace: str = ""
+    image: str = SERVE_IMAGE
+
+
+DEPLOY_RBAC_ANNOTATION = "digit-recognizer/rbac"  # what the step's service account must be allowed (deploy/kserve/rbac.yaml)
+
+
+def deploy_step(step, onnx_model, deploy_to, canary_traffic_percent):
+    """The deploy task; returns its output, the service's URL."""
+    deployed = step("deploy", onnx_model=onnx_model, service_name=deploy_to.name, namespace=deploy_to.namespace,
+                    image=deploy_to.image, canary_traffic_percent=canary_traffic_percent)
+    kubernetes.add_pod_annotation(deployed, DEPLOY_RBAC_ANNOTATION, f"{RESOURCE}: {','.join(RBAC_VERBS)}")
+    return deployed.outputs["Output"]
+
+
+def deploy_target(args):
+    """The DeployTarget of `--deploy` (None without it): the serve image named like the training image."""
+    if not args.deploy:
+        return None
+    try:
+        check_name(args.deploy)
+    except DeployError as error:
+        raise SystemExit(f"error: --deploy: {error}") from None
+    return DeployTarget(args.deploy, args.deploy_namespace, f"{args.image_prefix}{SERVE_IMAGE_NAME}:{args.tag}")
+
+
+def deploy_options(parser):
+    parser.add_argument("--deploy", metavar="NAME", help="serve a model that passes the gate with KServe, as the InferenceService "
+                        "NAME (created, or updated with the canary_traffic_percent parameter); its image is "
+                        f"{SERVE_IMAGE_NAME} with --image-prefix and --tag")
+    parser.add_argument("--deploy-namespace", default="", metavar="NS", help="the InferenceService's namespace (default: the run's)")
 
 
 if __name__ == "__main__":

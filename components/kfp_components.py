@@ -186,13 +186,33 @@ def report_component(
     test_csv: Input[Dataset],
     report: Output[HTML],
     test_samples: Output[Artifact],
+    service_url: str = "",
 ):
     """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits with predictions."""
     from components.cli import run_cli
     from components.report import report as write_report
 
     run_cli(write_report, dict(history=history.path, metrics_json=metrics_json.path, submission=submission.path,
-                               test_csv=test_csv.path, report_html=report.path, test_samples_png=test_samples.path))
+                               test_csv=test_csv.path, report_html=report.path, test_samples_png=test_samples.path,
+                               service_url=service_url))
+
+
+def deploy_component(
+    onnx_model: Input[Model],
+    service_name: str,
+    namespace: str,
+    image: str,
+    canary_traffic_percent: int,
+    deployment: Output[Artifact],
+) -> str:
+    """Serve the model with KServe: create or update the InferenceService `service_name` (its storage URI the model's), wait until Ready; returns its URL."""
+    from components.cli import run_cli
+    from components.deploy import deploy
+
+    result = run_cli(deploy, dict(name=service_name, storage_uri=onnx_model.uri, namespace=namespace, image=image,
+                                  canary_traffic_percent=canary_traffic_percent, result_json=deployment.path))
+    deployment.metadata.update(result)
+    return result["url"]
 
 
 STEPS = {
@@ -206,6 +226,7 @@ STEPS = {
     "score": score_component,
     "join": join_component,
     "report": report_component,
+    "deploy": deploy_component,
 }
 
 

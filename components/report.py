@@ -29,11 +29,12 @@ def first_labels(submission, count):
         raise InputError(f"{submission}: file not found") from None
 
 
-def report(history, metrics_json, submission, test_csv, report_html, test_samples_png=None, sample_count=40):
+def report(history, metrics_json, submission, test_csv, report_html, test_samples_png=None, sample_count=40, service_url=""):
     """Write the run's report as one HTML file (images inline, so the KFP UI shows it as it is).
 
     The sample grid shows the first `sample_count` test digits with their submitted labels; with
-    `test_samples_png` it is also written there. Returns the figures the report shows.
+    `test_samples_png` it is also written there; `service_url` is where the deploy step serves the
+    model. Returns the figures the report shows.
     """
     history, metrics = load_json(history, "history.json from train"), load_json(metrics_json, "metrics.json from evaluate")
     labels = first_labels(submission, sample_count)
@@ -48,6 +49,8 @@ def report(history, metrics_json, submission, test_csv, report_html, test_sample
         "pseudo-labelled test images": f"{history['pseudo_labels']:,}",
         "training speed": f"{sum(member['images_per_second'][-1] for member in members) / len(members):,.0f} images/s",
     }
+    if service_url:
+        figures["served at (KServe)"] = service_url
     with tempfile.TemporaryDirectory() as folder:
         pictures = {name: Path(folder) / f"{name}.png" for name in ("curves", "confusion", "samples")}
         training_curves(members, pictures["curves"])
@@ -85,6 +88,7 @@ def main(argv=None):
     parser.add_argument("--report", dest="report_html", required=True, help="where to write report.html")
     parser.add_argument("--samples", dest="test_samples_png", help="where to write the sample grid as PNG too (optional)")
     parser.add_argument("--sample-count", type=int, default=defaults["sample_count"], help="test digits in the grid (default: %(default)s)")
+    parser.add_argument("--service-url", default=defaults["service_url"], help="where the model is served, shown in the report (optional)")
     run_cli(report, vars(parser.parse_args(argv)))
 
 

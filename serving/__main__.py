@@ -1,4 +1,7 @@
-"""python -m serving --model runs/latest/model.onnx [--host 127.0.0.1] [--port 8080]"""
+"""python -m serving --model runs/latest/model.onnx [--host 127.0.0.1] [--port 8080]
+
+`--model` may name a folder: its model.onnx, or its only file (KServe's /mnt/models).
+"""
 import argparse
 
 import uvicorn
@@ -8,7 +11,7 @@ from serving.app import configure_logging, create_app
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m serving", description="Serve the digit model over HTTP (KServe V2 protocol, /predict, a drawing page at /).")
-    parser.add_argument("--model", required=True, help="the ONNX model (model.onnx or model.int8.onnx from export)")
+    parser.add_argument("--model", required=True, help="the ONNX model (model.onnx or model.int8.onnx from export), or a folder holding it")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     parser.add_argument("--model-name", default="digit-recognizer", help="the name in /v2/models/{name} (default: %(default)s)")

@@ -1,11 +1,21 @@
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "digit-recognizer"
+KSERVE_CRD = ROOT.parent / "shared" / "k8s" / "kserve-inferenceservice-crd.yaml"  # KServe v0.20's, beside the clone
+
+
+def unavailable(reason):
+    """Skip a test that needs what this machine lacks; in CI (CI=true), where .ci/run provides it, fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +71,60 @@ def onnx_model(exported):
 def run_module(*arguments, cwd=ROOT):
     """Run `python -m ...` or a script as a user would; returns the CompletedProcess (text)."""
     return subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def kserve_crd():
+    """KServe's InferenceService CustomResourceDefinition, parsed."""
+    import yaml
+
+    if not KSERVE_CRD.is_file():
+        unavailable(f"{KSERVE_CRD} not found (KServe's CRD, config/crd/full/serving.kserve.io_inferenceservices.yaml)")
+    with open(KSERVE_CRD) as file:
+        return next(document for document in yaml.load_all(file, Loader=yaml.CSafeLoader) if document)
+
+
+@pytest.fixture(scope="session")
+def kube_api():
+    """A client of the Kubernetes API server that KUBECONFIG names (.ci/run starts one: eval "$(../shared/tools/kube-up)")."""
+    from kubernetes import client, config
+
+    if not os.environ.get("KUBECONFIG"):
+        unavailable("no KUBECONFIG: start an API server with eval \"$(../shared/tools/kube-up)\"")
+    try:
+        api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
+        client.VersionApi(api_client).get_code()
+    except Exception as error:  # a missing file, a stopped server: either way there is no API server to test against
+        unavailable(f"no Kubernetes API server at KUBECONFIG={os.environ['KUBECONFIG']}: {error}")
+    return api_client
+
+
+@pytest.fixture(scope="session")
+def kserve_api(kube_api, kserve_crd):
+    """`kube_api` with KServe's CRD installed and established."""
+    import time
+
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(kube_api)
+    try:
+        extensions.create_custom_resource_definition(kserve_crd)
+    except client.ApiException as error:
+        if error.status != 409:  # 409: installed by an earlier session on the same server
+            raise
+    deadline = time.monotonic() + 30
+    while not any(condition.type == "Established" and condition.status == "True"
+                  for condition in extensions.read_custom_resource_definition(kserve_crd["metadata"]["name"]).status.conditions or []):
+        assert time.monotonic() < deadline, "KServe's CRD was not established within 30 s"
+        time.sleep(0.1)
+    return kube_api
+
+
+@pytest.fixture
+def namespace(kube_api):
+    """A fresh namespace (never deleted: without a controller-manager a deleted namespace stays Terminating)."""
+    from kubernetes import client
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": name}})
+    return name

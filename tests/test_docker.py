@@ -2,6 +2,8 @@
 
 They need a Docker engine (.ci/run starts one with shared/tools/docker-up); in CI they fail, not skip, without one.
 """
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_module
 from tests.serving.test_main import free_port
@@ -33,12 +36,19 @@ def engine():
         pytest.skip("no Docker engine (start one to run these tests)")
 
 
+def build(*arguments):
+    result = docker("build", *arguments, ".", check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
-def images(engine):
-    for arguments in (["-f", "Dockerfile.train", "--build-arg", "TENSORFLOW=cpu", "-t", TRAIN_IMAGE],
-                      ["-f", "Dockerfile.serve", "-t", SERVE_IMAGE]):
-        result = docker("build", *arguments, ".", check=False)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def serve_image(engine):
+    build("-f", "Dockerfile.serve", "-t", SERVE_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def images(engine, serve_image):
+    build("-f", "Dockerfile.train", "--build-arg", "TENSORFLOW=cpu", "-t", TRAIN_IMAGE)
 
 
 def test_pipeline_in_docker_gives_the_local_run_outputs(images, tmp_path, fixture_data):
@@ -56,7 +66,7 @@ def test_pipeline_in_docker_gives_the_local_run_outputs(images, tmp_path, fixtur
     assert metrics[0]["confusion_matrix"] == metrics[1]["confusion_matrix"]
 
 
-def test_serve_image_has_no_tensorflow_runs_as_non_root_and_is_small(images):
+def test_serve_image_has_no_tensorflow_runs_as_non_root_and_is_small(serve_image):
     assert docker("run", "--rm", SERVE_IMAGE, "python", "-c",
                   "import importlib.util; print(importlib.util.find_spec('tensorflow'))").stdout.strip() == "None"
     assert docker("run", "--rm", SERVE_IMAGE, "id", "-u").stdout.strip() == "10001"
@@ -67,27 +77,73 @@ def test_serve_image_has_no_tensorflow_runs_as_non_root_and_is_small(images):
 
 
 @pytest.mark.parametrize("baked", [False, True])
-def test_serve_container_becomes_healthy_and_answers(images, served_model, baked):
+def test_serve_container_becomes_healthy_and_answers(serve_image, served_model, baked):
     image, volume = SERVE_IMAGE, ["-v", f"{served_model.parent}:/models:ro"]
     if baked:
         image = f"{SERVE_IMAGE}-baked"
         relative = served_model.relative_to(ROOT)
         docker("build", "-f", "Dockerfile.serve", "--build-arg", f"MODEL={relative}", "-t", image, ".")
         volume = []
+    with running(*volume, image) as (url, _):
+        assert_answers_v2(url)
+
+
+@contextlib.contextmanager
+def running(*arguments):
+    """A serve container started with `docker run -d ARGUMENTS`, once healthy: yields its URL and id."""
     port = free_port()
-    container = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *volume, image).stdout.strip()
+    container = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *arguments).stdout.strip()
     try:
         deadline = time.monotonic() + 60
         while docker("inspect", container, "--format", "{{.State.Health.Status}}").stdout.strip() != "healthy":
             assert time.monotonic() < deadline, docker("logs", container).stderr
             time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/v2/models/digit-recognizer/infer"
-        pixels = np.loadtxt(ROOT / "tests/fixtures/digit-recognizer/train.csv", delimiter=",", skiprows=1, dtype=int, max_rows=1)
-        good = httpx.post(url, json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "INT32",
-                                                 "data": pixels[1:].tolist()}]})
-        assert good.status_code == 200
-        assert good.json()["outputs"][1]["data"] == [pixels[0]]
-        bad = httpx.post(url, json={"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "INT32", "data": [0] * 783}]})
-        assert bad.status_code == 400 and "783" in bad.json()["error"]
+        yield f"http://127.0.0.1:{port}", container
     finally:
         docker("rm", "-f", container, check=False)
+
+
+def assert_answers_v2(url):
+    infer = f"{url}/v2/models/digit-recognizer/infer"
+    pixels = np.loadtxt(ROOT / "tests/fixtures/digit-recognizer/train.csv", delimiter=",", skiprows=1, dtype=int, max_rows=1)
+    good = httpx.post(infer, json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "INT32", "data": pixels[1:].tolist()}]})
+    assert good.status_code == 200
+    assert good.json()["outputs"][1]["data"] == [pixels[0]]
+    bad = httpx.post(infer, json={"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "INT32", "data": [0] * 783}]})
+    assert bad.status_code == 400 and "783" in bad.json()["error"]
+
+
+def test_serve_container_runs_as_the_deployment_runs_it(serve_image, served_model, tmp_path):
+    """deploy/'s securityContext under Docker: another non-root user id, read-only root filesystem, no capabilities,
+    no privilege escalation, /tmp the only writable place, the model on a read-only mount under KServe's artifact name."""
+    (container,) = yaml.safe_load((ROOT / "deploy/deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"]
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(served_model, models / "onnx_model")  # as KServe's storage initializer leaves a KFP artifact
+    models.chmod(0o755)  # readable by any user id, whatever the umask
+    (models / "onnx_model").chmod(0o644)
+    with running("--user", "12345:0", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
+                 "--security-opt", "no-new-privileges", "-v", f"{models}:/mnt/models:ro",
+                 SERVE_IMAGE, *container["command"], *container["args"]) as (url, running_container):
+        assert_answers_v2(url)
+        # An upload past the form parser's 1 MB in memory spills to /tmp, the one writable place.
+        upload = httpx.post(f"{url}/predict", files={"file": ("digit.png", digit_png(), "image/png")})
+        assert upload.status_code == 200 and upload.json()["label"] in range(10)
+        inside = docker("exec", running_container, "sh", "-c",
+                        "id -u; touch /app/x 2>&1; touch /mnt/models/x 2>&1; grep CapEff /proc/1/status", check=False).stdout
+        assert inside.splitlines()[0] == "12345"
+        assert inside.count("Read-only file system") == 2
+        assert "CapEff:\t0000000000000000" in inside
+
+
+def digit_png():
+    """A 2 MB PNG of a drawn digit: big enough to be spooled to disk by the form parser."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (1800, 1800), 255)
+    ImageDraw.Draw(image).line([(900, 200), (900, 1600)], fill=0, width=150)
+    noise = np.random.default_rng(0).integers(230, 256, (1800, 1800), dtype=np.uint8)  # incompressible paper
+    image = Image.fromarray(np.minimum(np.asarray(image), noise))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -13,7 +13,7 @@ from components.kaggle_csv import read_csv
 from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 from components.train import load_models, train
-from tests.conftest import run_module
+from tests.conftest import ROOT, run_module
 
 STEPS = ["preprocess", "train", "export", "evaluate", "reject", "shard_plan", "score", "join", "report"]
 
@@ -301,3 +301,50 @@ def test_submit_needs_data_or_a_secret():
     result = run_module("pipeline.py", "submit", "--host", "http://127.0.0.1:9")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "error: submit needs --train-csv and --test-csv, or --kaggle-secret to download the data"
+
+
+def test_deploy_step_behind_the_gate_with_its_rbac_needs(tmp_path):
+    result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "p.yaml"), "--deploy", "digits",
+                        "--deploy-namespace", "team", "--image-prefix", "ghcr.io/me/", "--tag", "v1")
+    assert result.returncode == 0, result.stderr
+    spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
+    tasks = all_tasks(spec)
+    # Only a model that passes the gate is served, beside the scoring, and the report shows where.
+    dag, deploy_task = tasks["deploy-component"]
+    assert dag == tasks["report-component"][0] == "comp-condition-3"
+    assert deploy_task["inputs"]["artifacts"]["onnx_model"] == {"componentInputArtifact": "pipelinechannel--export-component-onnx_model"}
+    constants = {name: value["runtimeValue"]["constant"] for name, value in deploy_task["inputs"]["parameters"].items() if "runtimeValue" in value}
+    assert constants == {"service_name": "digits", "namespace": "team", "image": "ghcr.io/me/digit-recognizer-serve:v1"}
+    assert deploy_task["inputs"]["parameters"]["canary_traffic_percent"] == {"componentInputParameter": "pipelinechannel--canary_traffic_percent"}
+    assert deploy_task["cachingOptions"] == {}  # a deploy happens anew each run
+    assert tasks["report-component"][1]["inputs"]["parameters"]["service_url"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output", "producerTask": "deploy-component"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["canary_traffic_percent"]["defaultValue"] == 100
+    executor = spec["deploymentSpec"]["executors"]["exec-deploy-component"]["container"]
+    assert executor["image"] == "ghcr.io/me/digit-recognizer-train:v1" and "accelerator" not in executor["resources"]
+    # The verbs its pod's service account needs, as deploy/kserve/rbac.yaml grants them.
+    annotation = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy-component"]["podMetadata"]["annotations"]
+    role = next(yaml.safe_load_all((ROOT / "deploy/kserve/rbac.yaml").read_text()))
+    (rule,) = role["rules"]
+    assert annotation == {"digit-recognizer/rbac": f"{rule['resources'][0]}.{rule['apiGroups'][0]}: {','.join(rule['verbs'])}"}
+
+
+def test_deploy_is_optional_and_its_name_checked(tmp_path):
+    spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
+    assert "deploy-component" not in all_tasks(spec)
+    assert "service_url" not in all_tasks(spec)["report-component"][1]["inputs"].get("parameters", {})
+    result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "p.yaml"), "--deploy", "Digits_1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --deploy: InferenceService name 'Digits_1': use lower-case letters, digits and '-', starting with a letter "
+        "(at most 63 characters)")
+
+
+def test_submit_with_deploy(kfp_api):
+    api, host = kfp_api()
+    assert pipeline.submit(host, "gs://b/train.csv", "gs://b/test.csv", params=["canary_traffic_percent=10"],
+                           deploy_to=pipeline.DeployTarget("digits", "team")) == 0
+    run = json.loads(next(body for method, path, _, body, _ in api.requests if method == "POST" and path == "/apis/v2beta1/runs"))
+    assert run["runtime_config"]["parameters"]["canary_traffic_percent"] == 10
+    condition = run["pipeline_spec"]["pipeline_spec"]["components"]["comp-condition-3"]["dag"]["tasks"]
+    assert condition["deploy-component"]["inputs"]["parameters"]["service_name"]["runtimeValue"]["constant"] == "digits"

@@ -1,11 +1,15 @@
 import io
+import shutil
+import time
 
 import numpy as np
 import orjson
 import pytest
 from PIL import Image
 
+from components.artifacts import InputError
 from components.kaggle_csv import read_csv
+from tests.serving.conftest import wait_until_ready
 
 INFER = "/v2/models/digit-recognizer/infer"
 
@@ -177,3 +181,30 @@ def test_not_ready_until_the_model_is_loaded(tmp_path):
         assert client.get("/v2/health/ready").status_code == 400  # the V2 protocol's "false"
         response = client.post(INFER, json=v2_request(np.zeros((1, 784), np.uint8)))
         assert response.status_code == 503 and "not ready" in response.json()["error"]
+
+
+def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_model, caplog):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app, model_file
+
+    named, single, crowded = (tmp_path / name for name in ("named", "single", "crowded"))
+    for folder, files in ((named, ["model.onnx", "model.int8.onnx"]), (single, ["onnx_model"]), (crowded, ["a.onnx", "b.onnx"])):
+        folder.mkdir()
+        for name in files:
+            shutil.copyfile(served_model, folder / name)
+    assert model_file(named) == named / "model.onnx"
+    assert model_file(single) == single / "onnx_model"  # as KServe's storage initializer leaves a KFP artifact
+    assert model_file(served_model) == served_model
+    with pytest.raises(InputError, match=r"crowded: a model folder needs model.onnx or exactly one file \(found a.onnx, b.onnx\)"):
+        model_file(crowded)
+    with TestClient(create_app(single)) as client:
+        wait_until_ready(client)
+        assert client.post(INFER, json=v2_request(np.zeros((1, 784), np.uint8))).status_code == 200
+    with TestClient(create_app(crowded)) as client:
+        deadline = time.monotonic() + 10
+        while "model_load_failed" not in caplog.text:
+            assert time.monotonic() < deadline, "no model_load_failed event logged"
+            time.sleep(0.01)
+        assert "a model folder needs model.onnx or exactly one file" in caplog.text
+        assert client.get("/v2/health/ready").json() == {"ready": False}
