@@ -1,13 +1,16 @@
 """Recipes on the leaderboard: each training recipe's submission.csv, its wall time, and its public score.
 
     python bench/recipes.py train RECIPE [RECIPE ...] [--seeds 42 43]
+    python bench/recipes.py combine NAME RECIPE/SEED [RECIPE/SEED ...] [--tta]
     python bench/recipes.py score --leaderboard ../shared/tools/leaderboard
     python bench/recipes.py report
 
 `train` runs the train step's own function (components.train.train) with the recipe's settings on the
 split that `seed` draws (as the pipeline does), predicts Kaggle's test images with the trained members
 averaged (the function that export converts to ONNX) and writes runs/recipes/RECIPE/seed-N/submission.csv,
-with the training wall time and validation accuracy in bench/results/recipes.json. `score` hands every
+with the training wall time and validation accuracy in bench/results/recipes.json. `combine` averages
+models already trained (an ensemble, or one model with test-time augmentation) at no training cost; its
+time is the sum of its members'. `score` hands every
 submission to a scorer outside the project (Kaggle, or a stand-in for its public leaderboard) and records
 what it says. `report` prints the table of docs/MODEL.md and plots leaderboard accuracy against wall time.
 A recipe already measured for a seed is not trained again, so the runs can be spread over sessions.
@@ -33,6 +36,7 @@ RECIPES = {
     "default_v1": ("one CNN, 15 epochs, float32 (the default until now)", {"mixed_precision": "off"}),
     "bf16": ("one CNN, 15 epochs, bfloat16", {}),
     "bf16_30": ("one CNN, 30 epochs, bfloat16", {"epochs": 30}),
+    "bf16_b256_40": ("one CNN, 40 epochs, bfloat16, batch 256", {"epochs": 40, "batch_size": 256}),
     "bf16_30_all": ("one CNN, 30 epochs, bfloat16, trained on all 42,000 rows", {"epochs": 30, "train_on_validation": True}),
 }
 RESULTS = Path("bench/results/recipes.json")
@@ -71,6 +75,24 @@ def train_recipe(name, seed, train_csv, test_csv):
             "validation_accuracy": validation_accuracy, "submission": str(run / "submission.csv")}
 
 
+def combine(name, members, tta):
+    """Submission of the members' models averaged (with `tta`, over shifted views too); recorded under `name`."""
+    results = load_results()
+    models, seconds = [], 0
+    for member in members:
+        recipe, seed = member.split("/")
+        models += load_models(RUNS / recipe / f"seed-{seed}" / "model")
+        seconds += results[recipe][seed]["train_seconds"]
+    run = RUNS / "combinations" / name
+    run.mkdir(parents=True, exist_ok=True)
+    (test_images,) = load_arrays(RUNS / "arrays" / f"seed-{seed}" / "test.npz", "images")
+    write_submission(tensorflow_probabilities(inference_function(models, tta), test_images).argmax(axis=1), run / "submission.csv")
+    description = f"{' + '.join(members)}" + (" with test-time augmentation" if tta else "")
+    results.setdefault(name, {})["combined"] = {"description": description, "members": members, "tta": tta,
+                                                "train_seconds": seconds, "submission": str(run / "submission.csv")}
+    save_results(results)
+
+
 def score(leaderboard):
     """Ask the external scorer about every submission not yet scored; it prints `N of M rows right` per file."""
     results = load_results()
@@ -90,9 +112,10 @@ def summary(results):
     for name, seeds in results.items():
         scores = [result["leaderboard"] for result in seeds.values() if "leaderboard" in result]
         if scores:
-            rows.append({"recipe": name, "description": RECIPES.get(name, (name,))[0], "seeds": len(scores),
+            description = RECIPES[name][0] if name in RECIPES else next(iter(seeds.values()))["description"]
+            rows.append({"recipe": name, "description": description, "seeds": len(scores),
                          "mean": statistics.mean(scores), "sd": statistics.stdev(scores) if len(scores) > 1 else None,
-                         "validation": statistics.mean(result["validation_accuracy"] for result in seeds.values()),
+                         "validation": statistics.mean(result.get("validation_accuracy", float("nan")) for result in seeds.values()),
                          "minutes": statistics.median(result["train_seconds"] for result in seeds.values()) / 60})
     return sorted(rows, key=lambda row: row["minutes"])
 
@@ -127,6 +150,10 @@ def main(argv=None):
     train_parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     train_parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
     train_parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
+    combine_parser = commands.add_parser("combine", help="average trained models into one submission")
+    combine_parser.add_argument("name")
+    combine_parser.add_argument("members", nargs="+", metavar="RECIPE/SEED")
+    combine_parser.add_argument("--tta", action="store_true", help="average over each image's four one-pixel shifts too")
     score_parser = commands.add_parser("score", help="score every submission with an external leaderboard command")
     score_parser.add_argument("--leaderboard", required=True, help="a command that takes submission.csv files and prints accuracies")
     report_parser = commands.add_parser("report", help="print the table and plot accuracy against time")
@@ -143,6 +170,8 @@ def main(argv=None):
                 results.setdefault(name, {})[str(seed)] = result
                 save_results(results)
                 print(f"{name} seed {seed}: validation {result['validation_accuracy']:.4%}, {result['train_seconds']} s", flush=True)
+    elif args.command == "combine":
+        combine(args.name, args.members, args.tta)
     elif args.command == "score":
         score(args.leaderboard)
     else:
