@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,9 +34,6 @@ import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
-
-# TensorFlow's C++ start-up chatter (oneDNN, CPU features), here and in the steps: the run log has enough without it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from kfp import compiler, dsl, kubernetes, local
 from kfp.dsl import Artifact, Dataset, Model
@@ -543,10 +541,8 @@ def resumed_settings(out, profile, params, data):
     if record.get("status") == "succeeded":
         raise SystemExit(f"error: --resume {out}: that run has finished; its outputs are there")
     profile = profile or record["profile"]
-    arguments = pipeline_arguments(profile, params) if params or profile != record["profile"] else record["parameters"]
-    arguments["checkpoint_dir"] = record["parameters"]["checkpoint_dir"]
-    differing = sorted(name for name in set(arguments) | set(record["parameters"])
-                       if arguments.get(name) != record["parameters"].get(name))
+    arguments = {**record["parameters"], **parse_params(params)}
+    differing = sorted(name for name in arguments if arguments[name] != record["parameters"][name])
     if profile != record["profile"] or differing:
         raise SystemExit(f"error: --resume {out}: the run was started with other settings "
                          f"(profile {record['profile']}{', ' if differing else ''}{', '.join(differing)}); "
@@ -594,8 +590,7 @@ def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_ima
         profile = profile or "default"
         arguments = pipeline_arguments(profile, params)
         out = Path(out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        pipeline_root = (out / "pipeline-root").resolve()
-        arguments["checkpoint_dir"] = str(pipeline_root / "checkpoints")
+        arguments["checkpoint_dir"] = str((out / "pipeline-root" / "checkpoints").resolve())
         record = {
             "profile": profile, "parameters": arguments, "command": sys.argv,
             "data": {"folder": str(data), "sha256": {name: file_digest(data / name) for name in ("train.csv", "test.csv")}},
@@ -603,9 +598,9 @@ def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_ima
             "code": code_version(), "runs": [],
         }
     pipeline_root = Path(arguments["checkpoint_dir"]).parent
-    pipeline_root.mkdir(parents=True, exist_ok=True)
     label = f"digit-recognizer.run={pipeline_root}"
     runner = docker_runner(gpus, label) if docker_image else local.SubprocessRunner(use_venv=False)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
     attempt = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "ended": None,
                "status": "running", "runner": {"docker_image": docker_image, "gpus": gpus} if docker_image else "subprocess",
                "steps": []}
@@ -635,6 +630,11 @@ def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_ima
         handler = interrupt_handler(label if docker_image else None)
         previous_handlers = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
         sys.stdout = output
+        # kfp.local logs a cache hit (a step reused on --resume) outside its own logging set-up: catch that too.
+        log_handler, root_logger = logging.StreamHandler(output), logging.getLogger()
+        previous_level = root_logger.level
+        root_logger.addHandler(log_handler)
+        root_logger.setLevel(logging.INFO)
 
         def finish(status):
             attempt.update(status=status, steps=output.steps,
@@ -659,8 +659,10 @@ def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_ima
             raise SystemExit(output.last_error or f"error: the pipeline failed: {error} (details: {log_path})") from None
         finally:
             sys.stdout = output.stream
-            for number, handler in previous_handlers.items():
-                signal.signal(number, handler)
+            root_logger.removeHandler(log_handler)
+            root_logger.setLevel(previous_level)
+            for number, previous in previous_handlers.items():
+                signal.signal(number, previous)
         sources = {Path(outputs.outputs[name].path): file_name for name, file_name in RUN_FILES.items()}
         # kfp.local keeps each step's outputs in <pipeline root>/<run>/<step>/<output>: the newest run's are this one's.
         run_root = max(folder for folder in pipeline_root.iterdir() if folder.name.startswith(PIPELINE_NAME))
