@@ -362,7 +362,8 @@ def test_the_gate_stops_a_poor_model_before_scoring(tmp_path, fixture_data):
     assert result.returncode != 0
     assert re.fullmatch(r"error: validation accuracy \d+\.\d{4}% is below accuracy_threshold 90\.0000%: "
                         r"the model is not scored or published", result.stderr.strip().splitlines()[-1])
-    assert "score" not in result.stdout + result.stderr
+    assert re.search(r"^\d\d:\d\d:\d\d reject \.\.\.$", result.stdout, re.MULTILINE)
+    assert "score-component" not in (tmp_path / "out" / "run.log").read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pipeline-root", "run.json", "run.log"]  # no outputs
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
 
