@@ -37,9 +37,9 @@ def has_credentials():
 
 
 def kaggle_cli():
-    """The Kaggle CLI of this Python environment (its bin/ need not be on PATH: `.venv/bin/python -m ...`), or PATH's."""
+    """PATH's Kaggle CLI, or else this Python environment's (whose bin/ is not on PATH for `.venv/bin/python -m ...`)."""
     beside = Path(sys.executable).parent / "kaggle"
-    found = str(beside) if beside.is_file() else shutil.which("kaggle")
+    found = shutil.which("kaggle") or (str(beside) if beside.is_file() else None)
     if found is None:
         raise InputError("the Kaggle CLI is not installed (pip install kaggle)")
     return found
