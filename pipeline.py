@@ -313,10 +313,9 @@ class RunOutput:
         return len(text)
 
     def say(self, line):
-        """A line of our own: to the terminal (unless it gets everything already) and to the log."""
-        if not self.verbose:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+        """A line of our own, to the terminal and to the log."""
+        self.stream.write(line + "\n")
+        self.stream.flush()
         self.log_file.write(line + "\n")
         self.log_file.flush()
 
