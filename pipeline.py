@@ -671,7 +671,10 @@ def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_ima
             for path in sorted(source.glob(file_name)) if source.is_dir() else [source]:
                 shutil.copyfile(path, out / (path.name if source.is_dir() else file_name))
         # Once every output is out, the intermediate arrays, the cache and the checkpoints have served their purpose.
-        shutil.rmtree(pipeline_root)
+        try:
+            shutil.rmtree(pipeline_root)
+        except PermissionError:  # containers run as root and may leave files this user cannot delete
+            output.say(f"note: {pipeline_root} holds files written by the containers as root; delete it as root")
         finish("succeeded")
         point_latest_at(out)
         output.say(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/:")
