@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import os
 import re
@@ -504,3 +505,49 @@ def test_submit_needs_data_or_a_secret():
     result = run_module("pipeline.py", "submit", "--host", "http://127.0.0.1:9")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "error: submit needs --train-csv and --test-csv, or --kaggle-secret to download the data"
+
+
+KFP_LOCAL_LINES = """\
+07:00:01.000 - INFO - Task preprocess-component cache hit (key=0123456789ab); skipping execution.
+07:00:01.100 - INFO - Executing task \x1b[96m'train-component'\x1b[0m
+07:00:01.100 - INFO - Streamed logs:
+
+    [KFP Executor 2026-11-28 07:00:01,200 INFO]: Got executor_input:
+    {
+        "inputs": {"parameterValues": {"epochs": 2}}
+    }
+    training on the CPU (no GPU found)
+    epoch 1/2: loss 2.1 accuracy 0.3, 100 images/s, about 5 s left
+    member 0: best validation accuracy 0.5000 after 2 epochs
+07:00:09.000 - INFO - Task \x1b[96m'train-component'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+07:00:09.000 - INFO - Task train-component failed (attempt 1/3). Retrying in 30.0s...
+    error: something: went wrong
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_output_shows_steps_or_everything_and_logs_everything(tmp_path, verbose):
+    terminal = io.StringIO()
+    with open(tmp_path / "run.log", "w") as log:
+        output = pipeline.RunOutput(terminal, log, verbose)
+        for piece in KFP_LOCAL_LINES.splitlines(keepends=True):  # as kfp.local writes: a line in pieces
+            output.write(piece[:5])
+            output.write(piece[5:])
+    shown = terminal.getvalue()
+    ours = set(shown.splitlines()) if not verbose else set()
+    logged = [line for line in (tmp_path / "run.log").read_text().splitlines() if line not in ours]
+    assert logged == pipeline.ANSI_COLOUR.sub("", KFP_LOCAL_LINES).splitlines()  # everything, colours removed
+    assert output.last_error == "error: something: went wrong"
+    if verbose:
+        assert shown == KFP_LOCAL_LINES
+        return
+    assert [line[9:] if line[:2].isdigit() else line for line in shown.splitlines()] == [
+        "preprocess: reused, done in the interrupted run",
+        "train ...",
+        "         training on the CPU (no GPU found)",
+        "         epoch 1/2: loss 2.1 accuracy 0.3, 100 images/s, about 5 s left",
+        "train done in 0 s: member 0: best validation accuracy 0.5000 after 2 epochs",
+        "train failed (try 1 of 3): trying again in 30 s",
+    ]
+    assert [step["step"] for step in output.steps] == ["preprocess", "train"]
+    assert [step["status"] for step in output.steps] == ["reused", "success"]
