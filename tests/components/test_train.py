@@ -280,11 +280,16 @@ def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(tmp_p
 
 
 def test_a_finished_training_started_again_takes_its_members_from_the_checkpoints(tmp_path, arrays, capsys):
-    settings = dict(epochs=2, batch_size=64, checkpoint_dir=tmp_path / "checkpoints")
+    # With pseudo-labels: both rounds of training, the second one's labels from the first one's restored models.
+    settings = dict(epochs=2, batch_size=64, checkpoint_dir=tmp_path / "checkpoints", pseudo_label_data=arrays["test"],
+                    pseudo_label_confidence=0.1)
     first = train(arrays["train"], arrays["validation"], tmp_path / "a", tmp_path / "a.json", **settings)
+    assert first["pseudo_labels"] == 60
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "round-0-member-0.npz", "round-1-member-0.npz", "settings.json"]
     again = train(arrays["train"], arrays["validation"], tmp_path / "b", tmp_path / "b.json", **settings)
     assert again == first
-    assert capsys.readouterr().out.count("member finished before") == 1
+    assert capsys.readouterr().out.count("member finished before") == 2
     assert (tmp_path / "a" / "model-0.keras").read_bytes() == (tmp_path / "b" / "model-0.keras").read_bytes()
 
 
