@@ -11,11 +11,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[pipeline,serve,test]'
+# TensorFlow with CUDA where `nvidia-smi -L` lists a GPU, the CPU-only wheel otherwise; GPU=1 or GPU=0 decides instead.
+# The marker names the variant: a second make reinstalls nothing, a change of GPU swaps the wheel in the same venv.
+GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
+TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
+OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
+
+$(VENV)/.installed-$(TENSORFLOW): pyproject.toml | $(BIN)/python
+	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/pip uninstall --quiet -y $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
+	$(BIN)/pip install --quiet -e '.[pipeline,$(TENSORFLOW),serve,test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(TENSORFLOW)
 
 # Kaggle's files: already here, or fetched with the Kaggle CLI (components/download.py says what it needs).
 data: install
@@ -60,9 +67,12 @@ bench: install bench-env
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_serving.py
 
-kaggle-submit:
-	@test -f runs/latest/submission.csv || { echo "error: runs/latest/submission.csv not found: run make run first"; exit 1; }
-	kaggle competitions submit -c digit-recognizer -f runs/latest/submission.csv -m "$${MESSAGE:-digit-recognizer pipeline $$(readlink runs/latest)}"
+SUBMISSION ?= runs/latest/submission.csv
+kaggle-submit: install
+	@test -f $(SUBMISSION) || { echo "error: $(SUBMISSION) not found: run make run first"; exit 1; }
+	@$(BIN)/python -c "import sys; from components.download import NO_CREDENTIALS, has_credentials; \
+		sys.exit(None if has_credentials() else 'error: ' + NO_CREDENTIALS)"
+	$(BIN)/kaggle competitions submit -c digit-recognizer -f $(SUBMISSION) -m "$${MESSAGE:-digit-recognizer pipeline $$(readlink runs/latest)}"
 
 clean:
 	rm -rf $(VENV) .venv-kserve runs digit_recognizer_pipeline.yaml

@@ -3,24 +3,35 @@
     python pipeline.py compile [--output FILE] [--image-prefix PREFIX] [--tag TAG] [--kaggle-secret SECRET]
                                [--deploy NAME [--deploy-namespace NS]]
     python pipeline.py run [--data DIR] [--out DIR] [--profile quick|default|best] [--param NAME=VALUE ...]
-                           [--docker [--image-prefix PREFIX] [--tag TAG]]
+                           [--docker [--gpus all|N] [--image-prefix PREFIX] [--tag TAG]] [--verbose]
+    python pipeline.py run --resume RUN_DIR
     python pipeline.py submit --host URL (--train-csv URI --test-csv URI | --kaggle-secret SECRET)
                               [--experiment NAME] [--run-name NAME] [--profile P] [--wait] [--param NAME=VALUE ...]
                               [--namespace NS] [--token TOKEN] [--deploy NAME [--deploy-namespace NS]]
 
 `run` executes every step on this machine with kfp.local, in this Python environment
 or (`--docker`) each step in its container, and copies what a user wants into `--out`
-(default runs/<timestamp>/, with runs/latest pointing at the newest).
-`--deploy NAME` adds a step behind the accuracy gate: KServe serves the model as the
-InferenceService NAME (components/deploy.py).
+(default runs/<timestamp>/, with runs/latest pointing at the newest). The run folder also
+holds run.json (what made the run), run.log (everything the steps printed) and, until the
+run succeeds, kfp.local's pipeline root with training's checkpoints, from which `--resume`
+goes on after an interruption. `--deploy NAME` adds a step behind the accuracy gate: KServe
+serves the model as the InferenceService NAME (components/deploy.py).
 """
 import argparse
 import datetime
+import hashlib
+import importlib.metadata
 import inspect
 import json
+import logging
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -29,13 +40,14 @@ from typing import NamedTuple
 from kfp import compiler, dsl, kubernetes, local
 from kfp.dsl import Artifact, Dataset, Model
 
+from components.artifacts import InputError, load_json, save_json
 from components.cli import signature_defaults
 from components.deploy import RBAC_VERBS, RESOURCE, SERVE_IMAGE, SERVE_IMAGE_NAME, DeployError, check_name, deploy
 from components.download import COMPETITION
 from components.export import export
 from components.kfp_components import kfp_components
 from components.preprocess import preprocess
-from components.train import MODEL_FILE, train
+from components.train import CHECKPOINT_FILE, MODEL_FILE, read_checkpoint, train
 
 PREPROCESS, TRAIN, EXPORT = signature_defaults(preprocess), signature_defaults(train), signature_defaults(export)
 DEPLOY = signature_defaults(deploy)
@@ -72,6 +84,7 @@ def train_image(image_prefix="", tag="latest"):
 
 DEFAULT_IMAGE = train_image()
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+CHECKPOINT_MOUNT = "/checkpoints"  # where the train step sees the checkpoint volume on a cluster
 # What each step asks of a cluster node: CPU and memory requests and limits.
 RESOURCES = {
     "download": ("1", "1G", "1", "2G"),
@@ -92,12 +105,16 @@ RETRIED_STEPS = set(RESOURCES) - {"reject"}  # a refusal is an answer, not a tra
 KAGGLE_SECRET_KEYS = {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}  # the fields of kaggle.json
 
 
-def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_secret=None, deploy_to=None):
+def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_secret=None, deploy_to=None,
+                   checkpoint_pvc=None):
     """The KFP pipeline, its steps running in `image`; training asks for one `accelerator` (None: CPU only).
 
     With `kaggle_secret` (the name of a Kubernetes secret holding kaggle.json's `username` and `key`),
     the first step downloads the data with the Kaggle CLI and `train_csv`/`test_csv` are not read.
     With `deploy_to` (a DeployTarget), a model that passes the gate is served by KServe.
+    With `checkpoint_pvc` (the name of a PersistentVolumeClaim), the train step keeps its checkpoints
+    there, one folder per run, so a retried or rescheduled train pod goes on where the last one stopped;
+    otherwise in the `checkpoint_dir` parameter's folder (a local run's), or nowhere.
     """
     components = kfp_components(image)
 
@@ -139,6 +156,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         pseudo_labels: bool = False,
         pseudo_label_confidence: float = TRAIN["pseudo_label_confidence"],
         mixed_precision: str = TRAIN["mixed_precision"],
+        checkpoint_dir: str = "",
         tta: bool = EXPORT["tta"],
         parity_tolerance: float = EXPORT["tolerance"],
         accuracy_threshold: float = 0.99,
@@ -165,7 +183,11 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
             augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed, ensemble_size=ensemble_size,
             train_on_validation=train_on_validation, ema_momentum=ema_momentum, pseudo_labels=pseudo_labels,
             pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
+            checkpoint_dir=CHECKPOINT_MOUNT if checkpoint_pvc else checkpoint_dir,
+            checkpoint_subfolder=dsl.PIPELINE_JOB_ID_PLACEHOLDER if checkpoint_pvc else "",
         )
+        if checkpoint_pvc:
+            kubernetes.mount_pvc(trained, pvc_name=checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
         exported = step(
             "export",
             model=trained.outputs["model"], train_data=arrays.outputs["train_data"],
@@ -229,8 +251,9 @@ GATED_RUN_FILES = {
 
 
 def compile_pipeline(output="digit_recognizer_pipeline.yaml", image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR,
-                     kaggle_secret=None, deploy_to=None):
-    compiler.Compiler().compile(build_pipeline(image, accelerator, kaggle_secret, deploy_to), package_path=str(output))
+                     kaggle_secret=None, deploy_to=None, checkpoint_pvc=None):
+    compiler.Compiler().compile(build_pipeline(image, accelerator, kaggle_secret, deploy_to, checkpoint_pvc),
+                                package_path=str(output))
     return Path(output)
 
 
@@ -266,76 +289,433 @@ def parse_params(assignments):
     return arguments
 
 
-class ErrorLineWatcher:
-    """Passes a step's output through, remembering the last one-line `error: ...` a step printed."""
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# What kfp.local logs around each task, and the lines of a step's own output that the default view shows.
+TASK_STARTED = re.compile(r"Executing task '([\w-]+)'")
+TASK_ENDED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+TASK_CACHED = re.compile(r"Task ([\w-]+) cache hit")
+TASK_RETRIED = re.compile(r"Task ([\w-]+) failed \(attempt (\d+)/(\d+)\)\. Retrying in ([\d.]+)s")
+STEP_PROGRESS = re.compile(r"(training on |epoch \d+/\d+|resuming from |member finished before|pseudo-labels: )")
+# A step's last line like these is its key figure, shown in the line that says the step ended.
+KEY_FIGURE = re.compile(r"(member \d+: best validation|validation accuracy \d|int8 model agrees|\d+ training, \d+ validation"
+                        r"|scored \d+ rows|joined \d+ rows|error: )")
 
-    def __init__(self, stream):
-        self.stream, self.last_error = stream, None
+
+class RunOutput:
+    """Stands in for stdout while kfp.local runs the steps: everything goes to the run's log file; the terminal
+    gets either the same (`verbose`) or one line per step as it starts and ends, and the steps' progress lines.
+
+    It also times each step and remembers the last one-line `error: ...` a step printed.
+    """
+
+    def __init__(self, stream, log_file, verbose):
+        self.stream, self.log_file, self.verbose = stream, log_file, verbose
+        self.partial, self.last_error, self.steps, self.running = "", None, [], {}
+        self.lock = threading.Lock()  # kfp.local runs a loop's steps (the score shards) in threads
 
     def write(self, text):
-        for line in text.splitlines():
-            if line.startswith("error: "):
-                self.last_error = line
-        return self.stream.write(text)
+        with self.lock:
+            self.log_file.write(ANSI_COLOUR.sub("", text))
+            self.log_file.flush()
+            if self.verbose:
+                self.stream.write(text)
+            lines = (self.partial + text).split("\n")
+            self.partial = lines.pop()
+            for line in lines:
+                self.read_line(ANSI_COLOUR.sub("", line).strip())
+        return len(text)
+
+    def say(self, line):
+        """A line of our own, to the terminal and to the log."""
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    def read_line(self, line):
+        if line.startswith("error: "):
+            self.last_error = line
+        if self.verbose:
+            return
+        if match := TASK_STARTED.search(line):
+            name = step_name(match[1])
+            if name:
+                self.running.setdefault(name, []).append({"started": time.monotonic(), "key_figure": None})
+                self.say(f"{clock()} {name} ...")
+        elif match := TASK_ENDED.search(line):
+            name = step_name(match[1])
+            if self.running.get(name):
+                step = self.running[name].pop(0)
+                if not self.running[name]:
+                    del self.running[name]
+                seconds = time.monotonic() - step["started"]
+                self.steps.append({"step": name, "seconds": round(seconds, 1), "status": match[2].lower()})
+                figure = f": {step['key_figure']}" if step["key_figure"] else ""
+                verb = "done" if match[2] == "SUCCESS" else "FAILED"
+                self.say(f"{clock()} {name} {verb} in {seconds:.0f} s{figure}")
+        elif match := TASK_CACHED.search(line):
+            name = step_name(match[1])
+            self.steps.append({"step": name, "seconds": 0.0, "status": "reused"})
+            self.say(f"{clock()} {name}: reused, done in the interrupted run")
+        elif match := TASK_RETRIED.search(line):
+            self.say(f"{clock()} {step_name(match[1])} failed (try {match[2]} of {match[3]}): trying again in "
+                     f"{float(match[4]):.0f} s")
+        elif self.running:
+            if STEP_PROGRESS.match(line):
+                self.say(f"         {line}")
+            if KEY_FIGURE.match(line):  # steps' lines are not marked with their step: the last one started takes it
+                list(self.running.values())[-1][-1]["key_figure"] = line
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
 
 
-def run_locally(data=DEFAULT_DATA, out=None, profile="default", params=(), docker_image=None):
+def step_name(task):
+    """kfp.local's task name as the step's: `train-component` -> train, `shard-plan-component` -> shard_plan;
+    None for the importers, which only name the CSVs."""
+    if task.startswith("importer"):
+        return None
+    return task.removesuffix("-component").replace("-", "_")
+
+
+def clock():
+    return datetime.datetime.now().strftime("%H:%M:%S")
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM: like KeyboardInterrupt, never caught by `except Exception`."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def interrupt_handler(docker_label):
+    """A signal handler that stops the steps at once, from wherever the main thread waits, then raises Interrupted.
+
+    At once, because kfp.local waits for a step's process to end (and would retry a failed one).
+    """
+
+    def handle(signal_number, frame):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        stop_steps(docker_label)
+        raise Interrupted(signal_number)
+
+    return handle
+
+
+def descendants(pid):
+    """The ids of every process below `pid` (its children, theirs, ...), from /proc, or `ps` where there is none."""
+    if Path("/proc").is_dir():
+        parents = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+    else:
+        table = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+        parents = {int(child): int(parent) for child, parent in zip(table[::2], table[1::2])}
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def stop_steps(docker_label=None, grace_seconds=5):
+    """End every process this run started (kfp.local's step subprocesses and theirs): SIGTERM, then SIGKILL
+    whatever still runs after `grace_seconds`; with `docker_label`, also kill the run's containers."""
+    if docker_label:
+        import docker
+
+        try:
+            client = docker.from_env()
+            for container in client.containers.list(filters={"label": docker_label}):
+                container.kill()
+        except docker.errors.DockerException:
+            pass  # no engine, no containers
+    processes = descendants(os.getpid())
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes:
+            try:
+                os.kill(pid, signal_number)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and (processes := [pid for pid in processes if is_running(pid)]):
+            time.sleep(0.1)
+        if not processes:
+            return
+
+
+def is_running(pid):
+    """True while `pid` runs; a child of ours that ended is reaped here, so it does not linger as a zombie."""
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:  # not our child: ask the kernel whether it exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return not Path(f"/proc/{pid}/status").is_file() or "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def docker_runner(gpus, label):
+    """kfp.local's DockerRunner, its containers labelled (so an interrupted run can stop them) and, with `gpus`
+    ("all" or a count), given that many of this machine's GPUs, as `docker run --gpus` does."""
+    import docker
+
+    arguments = {"labels": [label]}
+    if gpus:
+        if gpus != "all" and not (gpus.isdigit() and int(gpus) > 0):
+            raise SystemExit(f"error: --gpus {gpus!r}: expected all or a number of GPUs")
+        try:
+            runtimes = docker.from_env().info().get("Runtimes", {})
+        except docker.errors.DockerException as error:
+            raise SystemExit(f"error: --gpus: cannot reach Docker ({error})") from None
+        if "nvidia" not in runtimes:
+            raise SystemExit(f"error: --gpus {gpus}: Docker here has no NVIDIA runtime (only {', '.join(sorted(runtimes))}); "
+                             "install the NVIDIA Container Toolkit: "
+                             "https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html")
+        arguments["device_requests"] = [docker.types.DeviceRequest(count=-1 if gpus == "all" else int(gpus),
+                                                                   capabilities=[["gpu"]])]
+    return local.DockerRunner(**arguments)
+
+
+def training_device(docker_image, gpus):
+    """Which device the train step will use, as the run's first lines say it."""
+    if docker_image:
+        return f"training in {docker_image} on " + (f"GPUs ({gpus}, docker --gpus)" if gpus else "the CPU (no --gpus)")
+    import tensorflow as tf
+
+    gpus_found = tf.config.list_physical_devices("GPU")
+    if gpus_found:
+        return f"training on {len(gpus_found)} GPU(s) ({', '.join(gpu.name for gpu in gpus_found)})"
+    if installed_version("tensorflow-cpu"):
+        return "training on the CPU (tensorflow-cpu is installed: make install GPU=1 installs TensorFlow with CUDA)"
+    return "training on the CPU (TensorFlow finds no GPU)"
+
+
+def installed_version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+RECORDED_PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "kfp", "kfp-kubernetes",
+                     "numpy", "pandas", "protobuf")
+
+
+def file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version():
+    """The git commit of this code and whether the tree differs from it; None outside a git checkout."""
+    root = Path(__file__).resolve().parent
+
+    def git(*arguments):
+        return subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True)
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except FileNotFoundError:  # no git here
+        return None
+    if commit.returncode != 0:
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(git("status", "--porcelain").stdout.strip())}
+
+
+def pipeline_arguments(profile, params):
+    """Every pipeline parameter's value for this run: the pipeline's defaults, then the profile, then `params`."""
+    signature = inspect.signature(build_pipeline().pipeline_func)
+    defaults = {name: p.default for name, p in signature.parameters.items() if name not in ("train_csv", "test_csv")}
+    return {**defaults, **PROFILES[profile], **parse_params(params)}
+
+
+def resumed_settings(out, profile, params, data):
+    """The profile, parameters and data folder of the interrupted run in `out`, after checking run.json:
+    what the user gave again must match, and the data files must be the ones the run started with."""
+    record_path = out / "run.json"
+    if not record_path.is_file():
+        raise SystemExit(f"error: --resume {out}: no run.json there (the folder `pipeline.py run` made for a run)")
+    record = load_json(record_path, "the record of a run")
+    if record.get("status") == "succeeded":
+        raise SystemExit(f"error: --resume {out}: that run has finished; its outputs are there")
+    profile = profile or record["profile"]
+    arguments = {**record["parameters"], **parse_params(params)}
+    differing = sorted(name for name in arguments if arguments[name] != record["parameters"][name])
+    if profile != record["profile"] or differing:
+        raise SystemExit(f"error: --resume {out}: the run was started with other settings "
+                         f"(profile {record['profile']}{', ' if differing else ''}{', '.join(differing)}); "
+                         "resume with the same ones, or start a new run")
+    data = Path(data or record["data"]["folder"]).resolve()
+    for name, recorded in record["data"]["sha256"].items():
+        if not (data / name).is_file():
+            raise SystemExit(f"error: {data / name} not found; {KAGGLE_HELP.format(data=data)}")
+        if file_digest(data / name) != recorded:
+            raise SystemExit(f"error: --resume {out}: {data / name} is not the file the run started with "
+                             "(its SHA-256 differs); start a new run")
+    return profile, arguments, data, record
+
+
+def checkpoint_summary(checkpoint_dir):
+    """Where training's checkpoints are and how far they got, in words."""
+    states = []
+    for path in sorted(Path(checkpoint_dir).glob(CHECKPOINT_FILE.format(round="*", member="*"))):
+        state = read_checkpoint(path)[0]
+        states.append(f"{path.stem}: " + ("finished" if state.get("finished") else f"{state['epochs_done']} epoch(s) done"))
+    return f"{checkpoint_dir} ({'; '.join(states)})" if states else f"{checkpoint_dir} (no epoch finished yet)"
+
+
+def run_locally(data=DEFAULT_DATA, out=None, profile=None, params=(), docker_image=None, gpus=None, resume=None,
+                verbose=False):
     """Run the whole pipeline with kfp.local and copy its outputs into `out`; return `out`.
 
     Without `docker_image` each step runs in a subprocess of this environment (SubprocessRunner);
     with it, in a container of that image (DockerRunner, which mounts the pipeline root: the
-    CSVs are copied in there so the containers can read them).
+    CSVs are copied in there so the containers can read them), with `gpus` ("all" or a count) GPUs.
+    kfp.local's pipeline root, with its cache of finished steps and training's checkpoints, lies in the
+    run folder, so `resume` (an interrupted run's folder) reuses the finished steps and goes on training
+    from the last checkpoint. Ctrl-C or SIGTERM stops every step's process and says how to resume.
     """
-    data = Path(data).resolve()
-    for name in ("train.csv", "test.csv"):
-        if not (data / name).is_file():
-            raise SystemExit(f"error: {data / name} not found; {KAGGLE_HELP.format(data=data)}")
-    arguments = {**PROFILES[profile], **parse_params(params)}
-    out = Path(out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if gpus and not docker_image:
+        raise SystemExit("error: --gpus is for --docker; without it the steps use this machine's GPUs through TensorFlow")
+    if resume:
+        out = Path(resume)
+        profile, arguments, data, record = resumed_settings(out, profile, params, data)
+    else:
+        data = Path(data).resolve()
+        for name in ("train.csv", "test.csv"):
+            if not (data / name).is_file():
+                raise SystemExit(f"error: {data / name} not found; {KAGGLE_HELP.format(data=data)}")
+        profile = profile or "default"
+        arguments = pipeline_arguments(profile, params)
+        out = Path(out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        arguments["checkpoint_dir"] = str((out / "pipeline-root" / "checkpoints").resolve())
+        record = {
+            "profile": profile, "parameters": arguments, "command": sys.argv,
+            "data": {"folder": str(data), "sha256": {name: file_digest(data / name) for name in ("train.csv", "test.csv")}},
+            "packages": {name: version for name in RECORDED_PACKAGES if (version := installed_version(name))},
+            "code": code_version(), "runs": [],
+        }
+    pipeline_root = Path(arguments["checkpoint_dir"]).parent
+    label = f"digit-recognizer.run={pipeline_root}"
+    runner = docker_runner(gpus, label) if docker_image else local.SubprocessRunner(use_venv=False)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    attempt = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "ended": None,
+               "status": "running", "runner": {"docker_image": docker_image, "gpus": gpus} if docker_image else "subprocess",
+               "steps": []}
+    record["runs"].append(attempt)
+    record["status"] = "running"
+    save_json(out / "run.json", record)
     started = time.time()
-    watcher = ErrorLineWatcher(sys.stdout)
-    with tempfile.TemporaryDirectory(prefix="digit-recognizer-") as pipeline_root:
+    log_path = out / "run.log"
+    with open(log_path, "a") as log_file:
+        output = RunOutput(sys.stdout, log_file, verbose)
+        output.say(f"digit-recognizer: profile {profile}, run folder {out}" + (" (resumed)" if resume else ""))
+        output.say(training_device(docker_image, gpus))
+        output.say(f"everything the steps print: {log_path}" + ("" if verbose else " (--verbose shows it here)"))
         if docker_image:
-            runner = local.DockerRunner()
-            mounted = Path(pipeline_root) / "data"
-            mounted.mkdir()
+            mounted = pipeline_root / "data"
+            mounted.mkdir(exist_ok=True)
             for name in ("train.csv", "test.csv"):
-                shutil.copyfile(data / name, mounted / name)
+                if not (mounted / name).is_file():
+                    shutil.copyfile(data / name, mounted / name)
             data = mounted
-        else:
-            runner = local.SubprocessRunner(use_venv=False)
-        local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True)
+        local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True, enable_caching=True)
         # kfp.local warns that our image's name lacks "python" and that resources, retries and display names are
         # cluster-only: all moot here.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=r".*settings \[.*\] have no effect", category=UserWarning)
         pipeline = build_pipeline(docker_image or DEFAULT_IMAGE)
-        sys.stdout = watcher
+        handler = interrupt_handler(label if docker_image else None)
+        previous_handlers = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+        sys.stdout = output
+        # kfp.local logs a cache hit (a step reused on --resume) outside its own logging set-up: catch that too.
+        log_handler, root_logger = logging.StreamHandler(output), logging.getLogger()
+        previous_level = root_logger.level
+        root_logger.addHandler(log_handler)
+        root_logger.setLevel(logging.INFO)
+
+        def finish(status):
+            attempt.update(status=status, steps=output.steps,
+                           ended=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+            record["status"] = status
+            save_json(out / "run.json", record)
+
         try:
             outputs = pipeline(train_csv=str(data / "train.csv"), test_csv=str(data / "test.csv"), **arguments)
+        except Interrupted as interruption:
+            sys.stdout = output.stream
+            finish("interrupted")
+            output.say(f"\ninterrupted ({signal.Signals(interruption.signal_number).name}); every step stopped.\n"
+                       f"training checkpoints: {checkpoint_summary(arguments['checkpoint_dir'])}\n"
+                       f"resume with: python pipeline.py run --resume {out}")
+            # kfp.local's worker threads may be about to retry a step we stopped: end here, threads and all.
+            stop_steps(label if docker_image else None)
+            sys.stderr.flush()
+            os._exit(128 + interruption.signal_number)
         except RuntimeError as error:
-            raise SystemExit(watcher.last_error or f"error: the pipeline failed: {error}") from None
+            finish("failed")
+            raise SystemExit(output.last_error or f"error: the pipeline failed: {error} (details: {log_path})") from None
         finally:
-            sys.stdout = watcher.stream
+            sys.stdout = output.stream
+            root_logger.removeHandler(log_handler)
+            root_logger.setLevel(previous_level)
+            for number, previous in previous_handlers.items():
+                signal.signal(number, previous)
         sources = {Path(outputs.outputs[name].path): file_name for name, file_name in RUN_FILES.items()}
-        # kfp.local keeps each step's outputs in <pipeline root>/<run>/<step>/<output>.
-        (run_root,) = [folder for folder in Path(pipeline_root).iterdir() if folder.name.startswith(PIPELINE_NAME)]
-        sources.update({run_root / f"{step_name}-component" / output: file_name for (step_name, output), file_name in GATED_RUN_FILES.items()})
-        out.mkdir(parents=True, exist_ok=True)
+        # kfp.local keeps each step's outputs in <pipeline root>/<run>/<step>/<output>: the newest run's are this one's.
+        run_root = max(folder for folder in pipeline_root.iterdir() if folder.name.startswith(PIPELINE_NAME))
+        sources.update({run_root / f"{step_name}-component" / output_name: file_name
+                        for (step_name, output_name), file_name in GATED_RUN_FILES.items()})
         for source, file_name in sources.items():
             for path in sorted(source.glob(file_name)) if source.is_dir() else [source]:
                 shutil.copyfile(path, out / (path.name if source.is_dir() else file_name))
-    point_latest_at(out)
-    print(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+        # Once every output is out, the intermediate arrays, the cache and the checkpoints have served their purpose.
+        try:
+            shutil.rmtree(pipeline_root)
+        except PermissionError:  # containers run as root and may leave files this user cannot delete
+            output.say(f"note: {pipeline_root} holds files written by the containers as root; delete it as root")
+        finish("succeeded")
+        point_latest_at(out)
+        output.say(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/:")
+        for path in sorted(out.iterdir()):
+            output.say(f"  {path}  {RUN_FILE_WHAT.get(path.name, RUN_FILE_WHAT['model-*.keras'] if path.suffix == '.keras' else '')}")
     return out
+
+
+# What each file of a run folder is, as the end of a run lists them.
+RUN_FILE_WHAT = {
+    "submission.csv": "Kaggle's submission (make kaggle-submit sends it)",
+    "model.onnx": "the exported model, for serving",
+    "model.int8.onnx": "the same, quantized to int8",
+    "model-*.keras": "a trained Keras model (one per member of the ensemble)",
+    "history.json": "per-epoch loss, accuracy, learning rate, seconds, images/s",
+    "metrics.json": "validation accuracy, loss, per-digit figures, confusion matrix",
+    "report.html": "the run on one page",
+    "training_curves.png": "loss and error per epoch",
+    "confusion_matrix.png": "validation confusion matrix",
+    "test_samples.png": "test digits with their predicted labels",
+    "run.json": "what made the run: parameters, data hashes, package versions, commit, step times",
+    "run.log": "everything the steps printed",
+}
 
 
 def submit(host, train_csv=None, test_csv=None, experiment="digit-recognizer", run_name=None, params=(), wait=False,
            namespace=None, token=None, image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, poll_seconds=5,
-           timeout=7 * 24 * 3600, kaggle_secret=None, profile="default", deploy_to=None):
+           timeout=7 * 24 * 3600, kaggle_secret=None, profile="default", deploy_to=None, checkpoint_pvc=None):
     """Compile the pipeline and start a run of it on the Kubeflow Pipelines at `host`.
 
     The data is `train_csv` and `test_csv` (URIs the cluster reads), or with `kaggle_secret` what the
@@ -351,7 +731,8 @@ def submit(host, train_csv=None, test_csv=None, experiment="digit-recognizer", r
     data = {} if kaggle_secret else {"train_csv": train_csv, "test_csv": test_csv}
     arguments = {**data, **PROFILES[profile], **parse_params(params)}
     with tempfile.TemporaryDirectory() as folder:
-        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator, kaggle_secret, deploy_to)
+        package = compile_pipeline(Path(folder) / "digit_recognizer_pipeline.yaml", image, accelerator, kaggle_secret,
+                                   deploy_to, checkpoint_pvc)
         try:
             warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2", category=FutureWarning)
             client = kfp.Client(host=host, existing_token=token, **({"namespace": namespace} if namespace else {}))
@@ -397,10 +778,13 @@ def main(argv=None):
     kaggle_options(compile_parser)
     deploy_options(compile_parser)
     run_parser = commands.add_parser("run", help="run the whole pipeline on this machine with kfp.local")
-    run_parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with Kaggle's train.csv and test.csv (default: %(default)s)")
+    run_parser.add_argument("--data", help=f"folder with Kaggle's train.csv and test.csv (default: {DEFAULT_DATA}; with --resume, the run's)")
     run_parser.add_argument("--out", help="folder for the outputs (default: runs/<timestamp>, linked from runs/latest)")
-    parameter_options(run_parser)
+    parameter_options(run_parser, profile_default=None)
     run_parser.add_argument("--docker", action="store_true", help="run each step in its container (kfp.local's DockerRunner; make images builds the image)")
+    run_parser.add_argument("--gpus", metavar="all|N", help="with --docker: give the containers all or N of this machine's GPUs (needs the NVIDIA Container Toolkit)")
+    run_parser.add_argument("--resume", metavar="RUN_DIR", help="go on with the interrupted run in RUN_DIR: its finished steps are reused, training goes on from its last checkpoint")
+    run_parser.add_argument("--verbose", action="store_true", help="print everything kfp.local and the steps print (always in RUN_DIR/run.log)")
     image_options(run_parser)
     submit_parser = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster (kfp.Client)")
     submit_parser.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")
@@ -421,19 +805,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     image = train_image(args.image_prefix, args.tag)
     if args.command == "compile":
-        print(f"wrote {compile_pipeline(args.output, image, args.accelerator, args.kaggle_secret, deploy_target(args))} "
+        print(f"wrote {compile_pipeline(args.output, image, args.accelerator, args.kaggle_secret, deploy_target(args), args.checkpoint_pvc)} "
               f"(steps run in {image})")
     elif args.command == "submit":
         raise SystemExit(submit(args.host, args.train_csv, args.test_csv, args.experiment, args.run_name, args.param,
                                 args.wait, args.namespace, args.token, image, args.accelerator, args.poll_seconds,
-                                args.timeout, args.kaggle_secret, args.profile, deploy_target(args)))
+                                args.timeout, args.kaggle_secret, args.profile, deploy_target(args), args.checkpoint_pvc))
     else:
-        run_locally(args.data, args.out, args.profile, args.param, docker_image=image if args.docker else None)
+        if args.resume and args.out:
+            raise SystemExit("error: --resume continues in the run's own folder: give no --out")
+        run_locally(args.data or (None if args.resume else DEFAULT_DATA), args.out, args.profile, args.param,
+                    docker_image=image if args.docker else None, gpus=args.gpus, resume=args.resume, verbose=args.verbose)
 
 
-def parameter_options(parser):
-    parser.add_argument("--profile", choices=list(PROFILES), default="default", help="quick: one epoch, for demos and tests; default: "
-                        "one CNN, 15 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: %(default)s)")
+def parameter_options(parser, profile_default="default"):
+    parser.add_argument("--profile", choices=list(PROFILES), default=profile_default, help="quick: one epoch, for demos and tests; default: "
+                        "one CNN, 15 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: default; with --resume, the run's)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="set a pipeline parameter on top of the profile, e.g. --param epochs=20 (repeatable)")
 
@@ -441,6 +828,8 @@ def parameter_options(parser):
 def accelerator_options(parser):
     parser.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help="the accelerator the training step asks for (default: %(default)s)")
     parser.add_argument("--no-gpu", dest="accelerator", action="store_const", const=None, help="train on CPU nodes: ask for no accelerator")
+    parser.add_argument("--checkpoint-pvc", metavar="PVC", help="a PersistentVolumeClaim for training's checkpoints, mounted at "
+                        f"{CHECKPOINT_MOUNT}: a retried or rescheduled train pod goes on from the last epoch (default: none)")
 
 
 def kaggle_options(parser):

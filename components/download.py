@@ -9,6 +9,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,6 +19,11 @@ from components.cli import run_cli, signature_defaults
 from components.kaggle_csv import check_header
 
 COMPETITION = "digit-recognizer"
+NO_CREDENTIALS = (
+    "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (the fields of kaggle.json; on a cluster, "
+    "from the Kubernetes secret the pipeline was compiled with) or save ~/.kaggle/kaggle.json "
+    "(kaggle.com > Settings > API > Create New Token)"
+)
 
 
 def has_credentials():
@@ -30,18 +36,22 @@ def has_credentials():
     )
 
 
+def kaggle_cli():
+    """PATH's Kaggle CLI, or else this Python environment's (whose bin/ is not on PATH for `.venv/bin/python -m ...`)."""
+    beside = Path(sys.executable).parent / "kaggle"
+    found = shutil.which("kaggle") or (str(beside) if beside.is_file() else None)
+    if found is None:
+        raise InputError("the Kaggle CLI is not installed (pip install kaggle)")
+    return found
+
+
 def download(train_csv, test_csv, competition=COMPETITION):
     """Download the competition's files, check their headers, and move them to `train_csv` and `test_csv`."""
     if not has_credentials():
-        raise InputError(
-            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (the fields of kaggle.json; on a cluster, "
-            "from the Kubernetes secret the pipeline was compiled with) or save ~/.kaggle/kaggle.json "
-            "(kaggle.com > Settings > API > Create New Token)"
-        )
-    if shutil.which("kaggle") is None:
-        raise InputError("the Kaggle CLI is not installed (pip install kaggle)")
+        raise InputError(NO_CREDENTIALS)
+    kaggle = kaggle_cli()
     with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run(["kaggle", "competitions", "download", "-c", competition, "-p", folder],
+        result = subprocess.run([kaggle, "competitions", "download", "-c", competition, "-p", folder],
                                 capture_output=True, text=True)
         archive = Path(folder) / f"{competition}.zip"
         if result.returncode != 0 or not archive.is_file():

@@ -39,6 +39,7 @@ def preprocess_component(
     ))
     for artifact, rows in ((train_data, "train_rows"), (validation_data, "validation_rows"), (test_data, "test_rows")):
         artifact.metadata["rows"] = summary[rows]
+    print(f"{summary['train_rows']} training, {summary['validation_rows']} validation and {summary['test_rows']} test images")
 
 
 def train_component(
@@ -61,11 +62,19 @@ def train_component(
     pseudo_labels: bool,
     pseudo_label_confidence: float,
     mixed_precision: str,
+    checkpoint_dir: str,
+    checkpoint_subfolder: str,
     model: Output[Model],
     history: Output[Artifact],
     training_curves: Output[Artifact],
 ):
-    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the per-epoch history."""
+    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the per-epoch history.
+
+    With `checkpoint_dir` (a local run's folder, or the volume a cluster mounts there, where each run has its
+    `checkpoint_subfolder`), every epoch is saved, and a retried step goes on from the last one.
+    """
+    import os
+
     from components.cli import run_cli
     from components.train import train
 
@@ -77,6 +86,7 @@ def train_component(
         ensemble_size=ensemble_size, train_on_validation=train_on_validation, ema_momentum=ema_momentum,
         pseudo_label_data=test_data.path if pseudo_labels else None,
         pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
+        checkpoint_dir=os.path.join(checkpoint_dir, checkpoint_subfolder) if checkpoint_dir else None,
     ))
     members = result["members"]
     model.metadata.update(framework="keras", members=len(members), pseudo_labels=result["pseudo_labels"],
@@ -129,6 +139,8 @@ def evaluate_component(
         metrics.log_metric(f"precision_{digit}", scores["precision"])
         metrics.log_metric(f"recall_{digit}", scores["recall"])
     classification_metrics.log_confusion_matrix([str(digit) for digit in range(10)], result["confusion_matrix"])
+    print(f"validation accuracy {result['accuracy']:.4f} ({result['errors']} errors in {result['images']}), "
+          f"int8 model {result['int8']['accuracy']:.4f}")
     return result["accuracy"]
 
 
@@ -166,6 +178,7 @@ def score_component(
     result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path, submission=submission.path,
                                  start_row=start_row, stop_row=stop_row))
     submission.metadata.update(result, model="int8" if score_with_int8 else "fp32", start_row=start_row, stop_row=stop_row)
+    print(f"scored {result['rows']} rows ({result['images_per_second']:.0f} images/s)")
     for name in ("rows", "seconds", "images_per_second"):
         scoring_metrics.log_metric(name, result[name])
 
@@ -177,6 +190,7 @@ def join_component(shard_submissions: Input[List[Dataset]], submission: Output[D
 
     submission.metadata["rows"] = run_cli(join_submissions, dict(
         shard_submissions=[shard.path for shard in shard_submissions], submission=submission.path))
+    print(f"joined {submission.metadata['rows']} rows into submission.csv")
 
 
 def report_component(

@@ -4,6 +4,8 @@
         --validation-data work/validation.npz --model-dir work/model
 """
 import argparse
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -13,12 +15,16 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from components.artifacts import InputError, atomic_path, load_arrays, save_json
+from components.artifacts import InputError, atomic_path, load_arrays, load_json, save_arrays, save_json
 from components.cli import run_cli, signature_defaults
 from components.kaggle_format import IMAGE_SIZE
 from components.plots import training_curves
 
 MODEL_FILE = "model-{member}.keras"  # one file per member of the ensemble
+# In `checkpoint_dir`: the settings the checkpoints belong to, and one file per member and round of training
+# (round 1 is the second fit, with pseudo-labels).
+CHECKPOINT_SETTINGS_FILE = "settings.json"
+CHECKPOINT_FILE = "round-{round}-member-{member}.npz"
 
 
 def build_model(dropout=0.3):
@@ -107,11 +113,15 @@ def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
     return warped[..., tf.newaxis]
 
 
-def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic_alpha=0.0):
-    """Shuffled, augmented batches for all epochs at once, so each epoch sees new augmentations."""
+def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic_alpha=0.0, first_step=0):
+    """Shuffled, augmented batches for all epochs at once, so each epoch sees new augmentations.
+
+    `first_step` skips that many batches (unaugmented, so cheaply): a resumed fit gets the very batches
+    an uninterrupted one would have had.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat(epochs)
-    dataset = dataset.batch(batch_size, drop_remainder=True).enumerate()
+    dataset = dataset.batch(batch_size, drop_remainder=True).enumerate().skip(first_step)
 
     def prepare(step, batch):
         batch_images, batch_labels = tf.cast(batch[0], tf.float32), tf.one_hot(batch[1], 10)
@@ -127,7 +137,11 @@ def training_dataset(images, labels, batch_size, epochs, seed, augment, elastic_
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds each epoch's wall time and learning rate to the logs, hence to the history."""
+    """Adds each epoch's wall time, images/s and learning rate to the logs, hence to the history."""
+
+    def __init__(self, images_per_epoch):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -135,6 +149,150 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs["seconds"] = time.perf_counter() - self.started
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["images_per_second"] = self.images_per_epoch / logs["seconds"]
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch: `epoch 3/15 (member 1/5): loss ..., 2100 images/s, about 4 min left`.
+
+    The time left assumes every member runs all its epochs: early stopping can only shorten it.
+    """
+
+    def __init__(self, member, members, epochs):
+        super().__init__()
+        self.member, self.members, self.epochs, self.seconds = member, members, epochs, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(logs["seconds"])
+        epochs_left = self.epochs - epoch - 1 + (self.members - self.member - 1) * self.epochs
+        which = f"epoch {epoch + 1}/{self.epochs}" + (f" (member {self.member + 1}/{self.members})" if self.members > 1 else "")
+        validation = f", validation loss {logs['val_loss']:.4f} accuracy {logs['val_accuracy']:.4f}" if "val_loss" in logs else ""
+        print(f"{which}: loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f}{validation}, "
+              f"{logs['images_per_second']:.0f} images/s, about {duration(epochs_left * np.mean(self.seconds))} left",
+              flush=True)
+
+
+def duration(seconds):
+    """`42 s`, `7 min`, `1 h 05 min`: how long, as a person reads it."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """After every epoch, everything a member's fit needs to go on from there, in one file written atomically.
+
+    That is the model's variables (the dropout's seed state among them), the optimizer's (its step count drives
+    the learning rate schedule), a weight average's raw weights and step, the history, the state of the best-epoch and early-stopping callbacks
+    (`watched`) and the best model file so far. The batches need no state: `training_dataset` skips to them.
+    Put it after the watched callbacks, so it restores their state after they reset it at the start of fit.
+    """
+
+    WATCHED_STATE = ("best", "wait", "best_epoch", "stopped_epoch")
+
+    def __init__(self, path, best_model_path, watched, weight_average=None):
+        super().__init__()
+        self.path, self.best_model_path, self.watched = Path(path), Path(best_model_path), watched
+        self.weight_average = weight_average
+        saved = read_checkpoint(self.path)
+        self.state, self.arrays = saved or ({"epochs_done": 0, "stopped": False, "history": {}, "watched": []}, {})
+
+    def restore(self, model):
+        """Give a freshly compiled model the saved weights and optimizer state; put the best model file back.
+
+        Returns the number of epochs done: fit goes on from there.
+        """
+        if self.state["epochs_done"]:
+            model.optimizer.build(model.trainable_variables)
+            for name, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+                for index, variable in enumerate(variables):
+                    variable.assign(self.arrays[f"{name}_{index}"])
+            if "best_model" in self.arrays:
+                self.best_model_path.write_bytes(self.arrays["best_model"].tobytes())
+            if self.weight_average:
+                raw = [self.arrays[f"raw_{index}"] for index in range(len(model.weights))]
+                self.weight_average.resume(raw, self.state["average_step"])
+            print(f"resuming from {self.path} after epoch {self.state['epochs_done']}", flush=True)
+        return self.state["epochs_done"]
+
+    def on_train_begin(self, logs=None):
+        for callback, state in zip(self.watched, self.state["watched"]):
+            for name, value in state.items():
+                setattr(callback, name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in logs.items():
+            self.state["history"].setdefault(name, []).append(float(value))
+        self.state.update(epochs_done=epoch + 1, stopped=bool(self.model.stop_training), watched=[
+            {name: jsonable(getattr(callback, name)) for name in self.WATCHED_STATE if hasattr(callback, name)}
+            for callback in self.watched])
+        arrays = {f"model_{index}": keras.ops.convert_to_numpy(variable) for index, variable in enumerate(self.model.variables)}
+        arrays.update({f"optimizer_{index}": keras.ops.convert_to_numpy(variable)
+                       for index, variable in enumerate(self.model.optimizer.variables)})
+        if self.weight_average:  # between epochs the model holds the average, the callback the raw weights
+            raw, self.state["average_step"] = self.weight_average.state()
+            arrays.update({f"raw_{index}": weight for index, weight in enumerate(raw)})
+        if self.best_model_path.is_file() and self.best_model_path.stat().st_size:
+            arrays["best_model"] = np.frombuffer(self.best_model_path.read_bytes(), np.uint8)
+        write_checkpoint(self.path, self.state, arrays)
+
+    def finish(self, model_path):
+        """The member is done: keep only its history and final model, which a later start takes as they are."""
+        self.state.update(finished=True, watched=[])
+        write_checkpoint(self.path, self.state, {"model": np.frombuffer(Path(model_path).read_bytes(), np.uint8)})
+
+
+def jsonable(value):
+    return None if value is None else value if isinstance(value, (int, str)) else float(value)
+
+
+def read_checkpoint(path):
+    """A member's checkpoint as (state, arrays), or None where there is none yet."""
+    if not Path(path).is_file():
+        return None
+    (state,) = load_arrays(path, "state")
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "state"}
+    return json.loads(state.item()), arrays
+
+
+def write_checkpoint(path, state, arrays):
+    save_arrays(path, state=np.array(json.dumps(state)), **arrays)
+
+
+def finished_member(checkpoint_path, model_path):
+    """A member that an earlier start finished: write its model to `model_path`, return its history; else None."""
+    saved = checkpoint_path and read_checkpoint(checkpoint_path)
+    if not saved or not saved[0].get("finished"):
+        return None
+    state, arrays = saved
+    with atomic_path(model_path) as temporary:
+        temporary.write_bytes(arrays["model"].tobytes())
+    print(f"member finished before: taken from {checkpoint_path}", flush=True)
+    return state["history"]
+
+
+def check_checkpoint_settings(checkpoint_dir, settings):
+    """Refuse a checkpoint folder that holds checkpoints of other settings or data; claim an empty one."""
+    path = Path(checkpoint_dir) / CHECKPOINT_SETTINGS_FILE
+    if path.is_file():
+        saved = load_json(path, "the settings of the checkpoints there")
+        differing = sorted(name for name in set(saved) | set(settings) if saved.get(name) != settings.get(name))
+        if differing:
+            raise InputError(f"{checkpoint_dir}: holds checkpoints of other settings ({', '.join(differing)} differ); "
+                             f"start with the same settings and data, or with another (or an empty) checkpoint folder")
+    else:
+        save_json(path, settings)
+
+
+def array_digest(*arrays):
+    """SHA-256 of arrays' contents (not of their files, whose zip headers hold the time they were written)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 class WeightAverage(keras.callbacks.Callback):
@@ -150,11 +308,21 @@ class WeightAverage(keras.callbacks.Callback):
     def __init__(self, momentum):
         super().__init__()
         self.momentum = momentum
+        self.resumed = None
+
+    def resume(self, raw, step):
+        """Go on from a checkpoint taken between epochs: the model was given the average; `raw` are its raw weights."""
+        self.resumed = raw, step
+
+    def state(self):
+        """What a checkpoint taken between epochs needs besides the model: the raw weights, and the step."""
+        return [keras.ops.convert_to_numpy(weight) for weight in self.average], float(self.step.numpy())
 
     def on_train_begin(self, logs=None):
-        self.average = [tf.Variable(weight, trainable=False) for weight in self.model.weights]
-        self.step = tf.Variable(0.0, trainable=False)
-        self.holds_average = False
+        raw, step = self.resumed or (self.model.weights, 0.0)
+        self.average = [tf.Variable(weight, trainable=False) for weight in raw]
+        self.step = tf.Variable(step, trainable=False)
+        self.holds_average = self.resumed is not None
 
     @tf.function
     def update(self):
@@ -227,8 +395,14 @@ def precision_policy(mixed_precision, gpus, cpu_bfloat16=None):
 
 def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, epochs, batch_size,
         learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha, patience, seed,
-        train_on_validation, ema_momentum):
-    """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch)."""
+        train_on_validation, ema_momentum, checkpoint_path=None, progress=None):
+    """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch).
+
+    With `checkpoint_path`, the fit is saved there after every epoch and goes on from there when started again.
+    """
+    finished = finished_member(checkpoint_path, model_path)
+    if finished is not None:
+        return finished
     keras.utils.set_random_seed(seed)
     batch_size = min(batch_size, len(train_images))
     steps_per_epoch = len(train_images) // batch_size
@@ -249,27 +423,38 @@ def fit(model_path, train_images, train_labels, validation_images, validation_la
     with atomic_path(model_path) as temporary_path:
         # Validation images inside the training set make validation accuracy meaningless for choosing an epoch:
         # then the last epoch is kept and nothing stops early.
-        # With an average of the weights, validation, the best-epoch checkpoint and the saved model all use it.
-        callbacks = [EpochTimer()] + ([WeightAverage(ema_momentum)] if ema_momentum else [])
-        callbacks += ([] if train_on_validation else [
+        best_epoch_callbacks = [] if train_on_validation else [
             keras.callbacks.ModelCheckpoint(temporary_path, monitor="val_accuracy", mode="max", save_best_only=True),
             keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
-        ])
+        ]
+        # With an average of the weights, validation, the best-epoch model and the saved model all use it.
+        weight_average = WeightAverage(ema_momentum) if ema_momentum else None
+        callbacks = [EpochTimer(steps_per_epoch * batch_size), *([progress] if progress else []),
+                     *([weight_average] if weight_average else []), *best_epoch_callbacks]
+        checkpoint = checkpoint_path and TrainingCheckpoint(checkpoint_path, temporary_path, best_epoch_callbacks, weight_average)
+        initial_epoch = 0
+        if checkpoint:
+            callbacks.append(checkpoint)
+            with strategy.scope():
+                initial_epoch = checkpoint.restore(model)
         history = model.fit(
-            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic_alpha),
+            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic_alpha,
+                             first_step=initial_epoch * steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
-            epochs=epochs,
+            initial_epoch=initial_epoch,
+            epochs=initial_epoch if checkpoint and checkpoint.state["stopped"] else epochs,
             validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
             validation_batch_size=512,
             shuffle=False,  # the dataset shuffles, reproducibly
             callbacks=callbacks,
-            verbose=2,
+            verbose=0,  # EpochProgress prints one line per epoch
         )
         if train_on_validation:
             model.save(temporary_path)
-    history = {name: [float(value) for value in values] for name, values in history.history.items()}
-    history["images_per_second"] = [steps_per_epoch * batch_size / seconds for seconds in history["seconds"]]
-    return history
+    if checkpoint:
+        checkpoint.finish(model_path)
+        return checkpoint.state["history"]
+    return {name: [float(value) for value in values] for name, values in history.history.items()}
 
 
 def train(
@@ -294,6 +479,7 @@ def train(
     pseudo_label_confidence=0.85,
     mixed_precision="auto",
     curves_png=None,
+    checkpoint_dir=None,
 ):
     """Fit `ensemble_size` CNNs (seeds `seed`, `seed + 1`, ...), keep each one's best validation epoch, write them and their histories.
 
@@ -309,8 +495,11 @@ def train(
     at least `pseudo_label_confidence` added to the training set (label smoothing 0.1 caps a sure
     prediction near 0.91; at 0.85 a model took 89% of the test images, and was right on every validation
     image it was that sure of). Several GPUs are used as one (MirroredStrategy); `mixed_precision` is
-    "auto" (float16 compute on GPUs with tensor cores, bfloat16 on CPUs with AVX-512 BF16 or AMX), "on" or "off". With `curves_png`, loss and error
-    per epoch are plotted there.
+    "auto" (float16 compute on GPUs with tensor cores, bfloat16 on CPUs with AVX-512 BF16 or AMX), "on" or
+    "off". With `curves_png`, loss and error per epoch are plotted there. With `checkpoint_dir`, each member's
+    fit is saved there after every epoch; started again with the same settings and data, training goes on
+    after the last finished epoch and keeps the members already finished (a folder holding checkpoints of
+    other settings is refused).
     Returns {"members": [one history per member], "pseudo_labels": images added (0 without)}.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience), ("ensemble_size", ensemble_size)):
@@ -332,6 +521,15 @@ def train(
     if train_on_validation:
         train_images = np.concatenate([train_images, validation_images])
         train_labels = np.concatenate([train_labels, validation_labels])
+    if checkpoint_dir:
+        check_checkpoint_settings(checkpoint_dir, dict(
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule,
+            weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha,
+            patience=patience, seed=seed, ensemble_size=ensemble_size, train_on_validation=train_on_validation,
+            pseudo_labels=pseudo_label_data is not None, pseudo_label_confidence=pseudo_label_confidence,
+            ema_momentum=ema_momentum, mixed_precision=policy, data=array_digest(train_images, train_labels, validation_images, validation_labels),
+            pseudo_label_data=pseudo_label_data and array_digest(*load_arrays(pseudo_label_data, "images")),
+        ))
     strategy = distribution_strategy(devices)
     settings = dict(validation_images=validation_images, validation_labels=validation_labels, strategy=strategy,
                     epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -340,13 +538,16 @@ def train(
                     train_on_validation=train_on_validation, ema_momentum=ema_momentum)
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
 
-    def fit_members(images, labels):
-        return [fit(path, images, labels, seed=seed + member, **settings) for member, path in enumerate(model_paths)]
+    def fit_members(images, labels, round_of_training):
+        return [fit(path, images, labels, seed=seed + member, progress=EpochProgress(member, ensemble_size, epochs),
+                    checkpoint_path=checkpoint_dir and Path(checkpoint_dir) / CHECKPOINT_FILE.format(round=round_of_training, member=member),
+                    **settings)
+                for member, path in enumerate(model_paths)]
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        histories = fit_members(train_images, train_labels)
+        histories = fit_members(train_images, train_labels, 0)
         pseudo_labels = 0
         if pseudo_label_data is not None:
             (test_images,) = load_arrays(pseudo_label_data, "images")
@@ -360,7 +561,7 @@ def train(
             if pseudo_labels:
                 train_images = np.concatenate([train_images, test_images[confident]])
                 train_labels = np.concatenate([train_labels, probabilities[confident].argmax(axis=1).astype(train_labels.dtype)])
-                histories = fit_members(train_images, train_labels)
+                histories = fit_members(train_images, train_labels, 1)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     # Members of an earlier, larger ensemble in the same folder would be averaged in by export.
@@ -370,6 +571,9 @@ def train(
     save_json(history_path, history)
     if curves_png:
         training_curves(histories, curves_png)
+    for member, member_history in enumerate(histories):
+        print(f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
+              f"after {len(member_history['val_accuracy'])} epochs", flush=True)
     return history
 
 
@@ -413,13 +617,11 @@ def main(argv=None):
     parser.add_argument("--train-on-validation", action="store_true", help="add the validation images to the training set and keep the last epoch")
     parser.add_argument("--pseudo-label-data", help="test.npz from preprocess: train again with the test images the first models label confidently")
     parser.add_argument("--pseudo-label-confidence", type=float, default=defaults["pseudo_label_confidence"], help="least probability for a pseudo-label (default: %(default)s)")
+    parser.add_argument("--checkpoint-dir", help="save each epoch there; started again with the same settings, training goes on from the last one (default: no checkpoints)")
     parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=defaults["mixed_precision"], help="mixed precision: float16 on GPUs, bfloat16 on the CPU; auto turns it on for GPUs with tensor cores and CPUs with AVX-512 BF16 or AMX (default: %(default)s)")
     args = vars(parser.parse_args(argv))
     args["history_path"] = args.pop("history") or f"{args['model_dir']}/history.json"
-    history = run_cli(train, args)
-    for member, member_history in enumerate(history["members"]):
-        print(f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
-              f"after {len(member_history['val_accuracy'])} epochs")
+    run_cli(train, args)
 
 
 if __name__ == "__main__":

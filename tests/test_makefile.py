@@ -1,5 +1,9 @@
 import os
+import shutil
 import subprocess
+import tomllib
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -21,3 +25,72 @@ def test_make_data_with_the_files_does_nothing(tmp_path):
         (tmp_path / name).write_text("x\n")
     result = subprocess.run(["make", "-s", "data", f"DATA={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == ""
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """The Makefile and pyproject.toml with a venv that exists (a stand-in python): what `make install` would do there."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    return tmp_path
+
+
+def make_dry_run(folder, *arguments, gpus_listed):
+    """`make -n` (print, run nothing) with a stand-in nvidia-smi on PATH that lists a GPU, or lists none."""
+    bin_folder = folder / "stand-in-bin"
+    bin_folder.mkdir(exist_ok=True)
+    listing = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0f1e2d3c)" if gpus_listed else ""
+    nvidia_smi = bin_folder / "nvidia-smi"
+    nvidia_smi.write_text(f"#!/bin/sh\necho '{listing}'\n" if gpus_listed else "#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    nvidia_smi.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}"}
+    environment.pop("GPU", None)
+    result = subprocess.run(["make", "-n", *arguments], cwd=folder, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
+    assert "pip install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", gpus_listed=True)
+    assert "pip install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", gpus_listed=False)
+    assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
+    assert "'.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=1", gpus_listed=False)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == ["tensorflow[and-cuda]==2.21.0"] and extras["cpu"] == ["tensorflow-cpu==2.21.0"]
+    assert not any(requirement.startswith("tensorflow") for requirement in extras["pipeline"])  # never both wheels
+
+
+def test_install_twice_builds_the_venv_once_and_swaps_the_wheel_on_a_change(project_copy):
+    (project_copy / ".venv" / ".installed-gpu").touch()  # as the first make install left it, after pyproject.toml
+    assert make_dry_run(project_copy, "install", gpus_listed=True) == "make: Nothing to be done for 'install'.\n"
+    swap = make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
+    assert "-m venv" not in swap  # the same venv ...
+    assert ".venv/bin/pip uninstall --quiet -y tensorflow;" in swap  # ... with the CUDA wheel out, the CPU wheel in
+    assert "'.[pipeline,cpu,serve,test]'" in swap
+
+
+def test_make_kaggle_submit_uses_the_venvs_cli_and_without_credentials_says_how_to_get_them(tmp_path):
+    submission = tmp_path / "submission.csv"
+    submission.write_text("ImageId,Label\n1,7\n")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("KAGGLE_")}
+    environment["HOME"] = str(tmp_path)  # no ~/.kaggle/kaggle.json
+    result = subprocess.run(["make", "-s", "kaggle-submit", f"SUBMISSION={submission}"], cwd=ROOT, env=environment,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-2].startswith("error: no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY")
+    assert "kaggle.com > Settings > API > Create New Token" in result.stderr
+    assert "not found" not in result.stderr and "Traceback" not in result.stderr
+    environment.update(KAGGLE_USERNAME="someone", KAGGLE_KEY="0123")
+    dry_run = subprocess.run(["make", "-n", "kaggle-submit", f"SUBMISSION={submission}"], cwd=ROOT, env=environment,
+                             capture_output=True, text=True).stdout
+    assert f".venv/bin/kaggle competitions submit -c digit-recognizer -f {submission}" in dry_run
+    assert (ROOT / ".venv" / "bin" / "kaggle").is_file()  # the CLI the set-up installs
+
+
+def test_make_kaggle_submit_without_a_run_says_so(tmp_path):
+    result = subprocess.run(["make", "-s", "kaggle-submit", f"SUBMISSION={tmp_path / 'none.csv'}"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stdout.strip() == f"error: {tmp_path / 'none.csv'} not found: run make run first"

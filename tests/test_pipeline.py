@@ -1,6 +1,14 @@
+import hashlib
+import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +21,7 @@ from components.kaggle_csv import read_csv
 from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 from components.train import load_models, train
+from pipeline import descendants
 from tests.conftest import ROOT, run_module
 
 STEPS = ["preprocess", "train", "export", "evaluate", "reject", "shard_plan", "score", "join", "report"]
@@ -131,15 +140,25 @@ def test_latest_link_points_at_the_newest_run(tmp_path, monkeypatch):
     assert os.readlink(tmp_path / "runs" / "latest") == "20260102-000000"
 
 
-def test_run_end_to_end_through_kfp_local(tmp_path, fixture_data):
-    out = tmp_path / "run"
+# Small enough for CI, long enough (about 2 s an epoch) to interrupt training between two epochs.
+SMALL_RUN = ["--profile", "quick", "--param", "accuracy_threshold=0", "--param", "score_shards=3",
+             "--param", "epochs=6", "--param", "batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory, fixture_data):
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
     # The fixture's 270 training images give a poor model: the gate is opened for it.
-    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), "--profile", "quick",
-                        "--param", "accuracy_threshold=0", "--param", "score_shards=3")
+    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), *SMALL_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_run_end_to_end_through_kfp_local(uninterrupted_run, fixture_data):
+    out, result = uninterrupted_run
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        "model-0.keras", *(name for name in pipeline.RUN_FILES.values() if "*" not in name),
-        *pipeline.GATED_RUN_FILES.values()])
+        "model-0.keras", "run.json", "run.log", *(name for name in pipeline.RUN_FILES.values() if "*" not in name),
+        *pipeline.GATED_RUN_FILES.values()])  # the pipeline root (arrays, cache, checkpoints) is gone
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
     assert (out / "test_samples.png").read_bytes()[:4] == b"\x89PNG"
     submission = pd.read_csv(out / "submission.csv")
@@ -152,8 +171,191 @@ def test_run_end_to_end_through_kfp_local(tmp_path, fixture_data):
     onnx_probabilities, labels = predict(load_session(out / "model.onnx"), images)
     assert np.abs(keras_probabilities - onnx_probabilities).max() < 1e-4
     np.testing.assert_array_equal(labels, submission["Label"])
-    assert "Executing task" in result.stderr + result.stdout  # progress is shown step by step
-    assert (result.stderr + result.stdout).count("Executing task \x1b[96m'score-component'") == 3
+
+
+def test_default_output_is_steps_and_epochs_and_the_log_has_everything(uninterrupted_run):
+    out, result = uninterrupted_run
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"digit-recognizer: profile quick, run folder {out}"
+    assert lines[1].startswith("training on the CPU")  # which device trains, first thing
+    for step in ("preprocess", "train", "export", "evaluate", "shard_plan", "join", "report"):
+        assert sum(re.fullmatch(rf"\d\d:\d\d:\d\d {step} \.\.\.", line) is not None for line in lines) == 1, step
+        assert sum(re.match(rf"\d\d:\d\d:\d\d {step} done in \d+ s", line) is not None for line in lines) == 1, step
+    assert sum(re.match(r"\d\d:\d\d:\d\d score done in \d+ s", line) is not None for line in lines) == 3
+    assert any(re.match(r"\d\d:\d\d:\d\d preprocess done in \d+ s: 270 training, 30 validation and 60 test images", line)
+               for line in lines)
+    assert any(re.match(r"\d\d:\d\d:\d\d evaluate done in \d+ s: validation accuracy 0\.\d{4}", line) for line in lines)
+    epochs = [line.strip() for line in lines if line.strip().startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"epoch {n}/6" for n in range(1, 7)]
+    assert all(re.search(r"loss \d\.\d{4} accuracy \d\.\d{4}, .* \d+ images/s, about .* left$", line) for line in epochs)
+    assert f"  {out / 'submission.csv'}  Kaggle's submission" in result.stdout  # where every output went
+    assert "executor_input" not in result.stdout and '"inputs"' not in result.stdout and "Executing task" not in result.stdout
+    assert len(lines) < 50
+    log = (out / "run.log").read_text()
+    assert log.count("Executing task 'score-component'") == 3  # kfp.local's own log, colours removed
+    assert "Got executor_input:" in log and "epoch 6/6" in log and "Pipeline 'digit-recognizer' finished with status SUCCESS" in log
+
+
+def test_run_json_says_what_made_the_run(uninterrupted_run, fixture_data):
+    out, _ = uninterrupted_run
+    record = json.loads((out / "run.json").read_text())
+    assert record["profile"] == "quick" and record["status"] == "succeeded"
+    assert set(record["parameters"]) == set(pipeline.pipeline_parameters()) - {"train_csv", "test_csv"}
+    assert record["parameters"]["epochs"] == 6 and record["parameters"]["learning_rate"] == signature_defaults(train)["learning_rate"]
+    for name in ("train.csv", "test.csv"):
+        assert record["data"]["sha256"][name] == hashlib.sha256((fixture_data / name).read_bytes()).hexdigest()
+    assert record["packages"]["kfp"] == "2.17.3" and "keras" in record["packages"] and "onnxruntime" in record["packages"]
+    assert re.fullmatch(r"[0-9a-f]{40}", record["code"]["commit"]) and isinstance(record["code"]["dirty"], bool)
+    (attempt,) = record["runs"]
+    assert attempt["started"] <= attempt["ended"] and attempt["status"] == "succeeded"
+    steps = [step["step"] for step in attempt["steps"]]
+    assert steps[:3] == ["preprocess", "train", "export"] and steps.count("score") == 3 and steps[-1] == "report"
+    assert all(step["seconds"] > 0 and step["status"] == "success" for step in attempt["steps"])
+
+
+def test_interrupted_run_stops_every_step_and_resumes_to_the_same_submission(uninterrupted_run, tmp_path, fixture_data):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), *SMALL_RUN],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # wait until training has finished two epochs
+        lines.append(line)
+        if line.strip().startswith("epoch 2/6"):
+            break
+    steps = descendants(process.pid)
+    assert steps  # the train step's processes
+    process.send_signal(signal.SIGINT)  # to the pipeline alone, not its process group: it must stop the steps itself
+    interrupted = time.monotonic()
+    output = "".join(lines) + process.stdout.read()
+    assert process.wait() == 130
+    assert time.monotonic() - interrupted < 15
+    assert not [pid for pid in steps if pid_alive(pid)], output  # no orphan
+    assert f"resume with: python pipeline.py run --resume {out}" in output
+    assert f"training checkpoints: {out.resolve()}/pipeline-root/checkpoints (round-0-member-0: " in output
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert not (out / "submission.csv").exists()
+
+    refused = run_module("pipeline.py", "run", "--resume", str(out), "--param", "epochs=7")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: --resume {out}: the run was started with other settings (profile quick, epochs); "
+        "resume with the same ones, or start a new run")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "train.csv").write_bytes((fixture_data / "train.csv").read_bytes() + b"\n")
+    (changed / "test.csv").write_bytes((fixture_data / "test.csv").read_bytes())
+    refused = run_module("pipeline.py", "run", "--resume", str(out), "--data", str(changed))
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: --resume {out}: {changed / 'train.csv'} is not the file the run started with (its SHA-256 differs); "
+        "start a new run")
+
+    resumed = run_module("pipeline.py", "run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert re.search(r"\d\d:\d\d:\d\d preprocess: reused", resumed.stdout)  # finished steps are not run again
+    assert "resuming from" in resumed.stdout and "epoch 1/6" not in resumed.stdout and "epoch 6/6" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())["members"][0]
+    assert len(history["loss"]) == 6  # each epoch once
+    assert (out / "submission.csv").read_bytes() == (uninterrupted_run[0] / "submission.csv").read_bytes()
+    assert (out / "model.onnx").read_bytes() == (uninterrupted_run[0] / "model.onnx").read_bytes()
+    record = json.loads((out / "run.json").read_text())
+    assert [attempt["status"] for attempt in record["runs"]] == ["interrupted", "succeeded"]
+    assert record["status"] == "succeeded"
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not status.is_file() or "zombie" not in status.read_text()
+
+
+def test_sigterm_stops_the_steps_too(tmp_path, fixture_data):
+    process = subprocess.Popen([sys.executable, "pipeline.py", "run", "--data", str(fixture_data), "--out",
+                                str(tmp_path / "run"), *SMALL_RUN], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.strip().startswith("training on the CPU (no GPU found)"):  # the train step runs
+            break
+    steps = descendants(process.pid)
+    process.terminate()
+    output = process.stdout.read()
+    assert process.wait() == 128 + signal.SIGTERM
+    assert "interrupted (SIGTERM); every step stopped." in output
+    assert not [pid for pid in steps if pid_alive(pid)]
+
+
+class StandInDocker:
+    """docker.from_env()'s client as kfp.local's DockerRunner uses it: records how containers are run."""
+
+    def __init__(self, runtimes):
+        self.runtimes, self.run_arguments = runtimes, []
+        self.images = SimpleNamespace(list=lambda: [SimpleNamespace(tags=["digit-recognizer-train:latest"], attrs={"RepoDigests": []})])
+        self.containers = SimpleNamespace(run=self.run)
+
+    def info(self):
+        return {"Runtimes": self.runtimes}
+
+    def run(self, **arguments):
+        self.run_arguments.append(arguments)
+        return SimpleNamespace(logs=lambda stream: [], wait=lambda: {"StatusCode": 0})
+
+    def close(self):
+        pass
+
+
+def test_gpus_reach_the_containers_device_requests(monkeypatch, tmp_path):
+    import docker
+    from kfp.local.docker_task_handler import DockerTaskHandler
+
+    client = StandInDocker({"runc": {}, "nvidia": {"path": "nvidia-container-runtime"}})
+    monkeypatch.setattr(docker, "from_env", lambda: client)
+    for gpus, count in (("all", -1), ("2", 2)):
+        runner = pipeline.docker_runner(gpus, "digit-recognizer.run=test")
+        DockerTaskHandler("digit-recognizer-train:latest", ["python", "-m", "x"], str(tmp_path), runner).run()
+        (request,) = client.run_arguments[-1]["device_requests"]
+        assert request["Count"] == count and request["Capabilities"] == [["gpu"]]
+        assert client.run_arguments[-1]["labels"] == ["digit-recognizer.run=test"]
+    assert "device_requests" not in pipeline.docker_runner(None, "l").container_run_args
+    with pytest.raises(SystemExit, match=r"^error: --gpus 'two': expected all or a number of GPUs$"):
+        pipeline.docker_runner("two", "l")
+
+
+def test_gpus_without_an_nvidia_runtime_is_a_one_line_error(monkeypatch):
+    import docker
+
+    monkeypatch.setattr(docker, "from_env", lambda: StandInDocker({"runc": {}}))
+    with pytest.raises(SystemExit, match=r"^error: --gpus all: Docker here has no NVIDIA runtime \(only runc\); "
+                                         r"install the NVIDIA Container Toolkit: https://"):
+        pipeline.docker_runner("all", "l")
+
+
+def test_gpus_from_the_command_line_without_docker_or_its_runtime(tmp_path, fixture_data):
+    result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(tmp_path / "a"), "--gpus", "all")
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --gpus is for --docker; without it the steps use this machine's GPUs through TensorFlow")
+    environment = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = subprocess.run([sys.executable, "pipeline.py", "run", "--data", str(fixture_data), "--out", str(tmp_path / "b"),
+                             "--docker", "--gpus", "all"], cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --gpus: cannot reach Docker")
+    assert not (tmp_path / "b").exists()
+
+
+def test_checkpoint_volume_on_a_cluster(tmp_path):
+    spec, platform = yaml.safe_load_all(pipeline.compile_pipeline(tmp_path / "p.yaml", checkpoint_pvc="training-checkpoints").read_text())
+    train_inputs = spec["root"]["dag"]["tasks"]["train-component"]["inputs"]["parameters"]
+    assert train_inputs["checkpoint_dir"]["runtimeValue"]["constant"] == "/checkpoints"
+    assert train_inputs["checkpoint_subfolder"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"  # one folder a run
+    (mount,) = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-component"]["pvcMount"]
+    assert mount["mountPath"] == "/checkpoints" and mount["pvcNameParameter"]["runtimeValue"]["constant"] == "training-checkpoints"
+    plain = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "plain.yaml").read_text())
+    assert plain["root"]["dag"]["tasks"]["train-component"]["inputs"]["parameters"]["checkpoint_dir"] == {
+        "componentInputParameter": "checkpoint_dir"}  # off unless a local run sets it
+    result = run_module("pipeline.py", "compile", "--output", str(tmp_path / "c.yaml"), "--checkpoint-pvc", "my-pvc")
+    assert result.returncode == 0, result.stderr
+    assert "my-pvc" in (tmp_path / "c.yaml").read_text()
 
 
 def test_the_gate_stops_a_poor_model_before_scoring(tmp_path, fixture_data):
@@ -161,8 +363,10 @@ def test_the_gate_stops_a_poor_model_before_scoring(tmp_path, fixture_data):
     assert result.returncode != 0
     assert re.fullmatch(r"error: validation accuracy \d+\.\d{4}% is below accuracy_threshold 90\.0000%: "
                         r"the model is not scored or published", result.stderr.strip().splitlines()[-1])
-    assert "score-component" not in result.stdout + result.stderr
-    assert not (tmp_path / "out").exists()
+    assert re.search(r"^\d\d:\d\d:\d\d reject \.\.\.$", result.stdout, re.MULTILINE)
+    assert "score-component" not in (tmp_path / "out" / "run.log").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pipeline-root", "run.json", "run.log"]  # no outputs
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.parametrize("row, value, message", [
@@ -182,7 +386,7 @@ def test_bad_input_reaches_the_user_as_one_line(tmp_path, fixture_data, row, val
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"error: {data / 'train.csv'}: {message}"
     assert "Traceback" not in result.stdout + result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "submission.csv").exists()
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
@@ -348,3 +552,49 @@ def test_submit_with_deploy(kfp_api):
     assert run["runtime_config"]["parameters"]["canary_traffic_percent"] == 10
     condition = run["pipeline_spec"]["pipeline_spec"]["components"]["comp-condition-3"]["dag"]["tasks"]
     assert condition["deploy-component"]["inputs"]["parameters"]["service_name"]["runtimeValue"]["constant"] == "digits"
+
+
+KFP_LOCAL_LINES = """\
+07:00:01.000 - INFO - Task preprocess-component cache hit (key=0123456789ab); skipping execution.
+07:00:01.100 - INFO - Executing task \x1b[96m'train-component'\x1b[0m
+07:00:01.100 - INFO - Streamed logs:
+
+    [KFP Executor 2026-11-28 07:00:01,200 INFO]: Got executor_input:
+    {
+        "inputs": {"parameterValues": {"epochs": 2}}
+    }
+    training on the CPU (no GPU found)
+    epoch 1/2: loss 2.1 accuracy 0.3, 100 images/s, about 5 s left
+    member 0: best validation accuracy 0.5000 after 2 epochs
+07:00:09.000 - INFO - Task \x1b[96m'train-component'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+07:00:09.000 - INFO - Task train-component failed (attempt 1/3). Retrying in 30.0s...
+    error: something: went wrong
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_run_output_shows_steps_or_everything_and_logs_everything(tmp_path, verbose):
+    terminal = io.StringIO()
+    with open(tmp_path / "run.log", "w") as log:
+        output = pipeline.RunOutput(terminal, log, verbose)
+        for piece in KFP_LOCAL_LINES.splitlines(keepends=True):  # as kfp.local writes: a line in pieces
+            output.write(piece[:5])
+            output.write(piece[5:])
+    shown = terminal.getvalue()
+    ours = set(shown.splitlines()) if not verbose else set()
+    logged = [line for line in (tmp_path / "run.log").read_text().splitlines() if line not in ours]
+    assert logged == pipeline.ANSI_COLOUR.sub("", KFP_LOCAL_LINES).splitlines()  # everything, colours removed
+    assert output.last_error == "error: something: went wrong"
+    if verbose:
+        assert shown == KFP_LOCAL_LINES
+        return
+    assert [line[9:] if line[:2].isdigit() else line for line in shown.splitlines()] == [
+        "preprocess: reused, done in the interrupted run",
+        "train ...",
+        "         training on the CPU (no GPU found)",
+        "         epoch 1/2: loss 2.1 accuracy 0.3, 100 images/s, about 5 s left",
+        "train done in 0 s: member 0: best validation accuracy 0.5000 after 2 epochs",
+        "train failed (try 1 of 3): trying again in 30 s",
+    ]
+    assert [step["step"] for step in output.steps] == ["preprocess", "train"]
+    assert [step["status"] for step in output.steps] == ["reused", "success"]

@@ -1,17 +1,20 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.artifacts import load_arrays
+from components.artifacts import InputError, load_arrays, save_arrays
 from components.train import (
     build_model,
     elastic_distortion,
     load_models,
     random_affine,
+    read_checkpoint,
     train,
     WeightAverage,
     training_dataset,
@@ -251,10 +254,108 @@ def test_cli_help_and_missing_input(tmp_path):
     help_text = run_module("-m", "components.train", "--help").stdout
     for option in ("--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule", "--weight-decay",
                    "--label-smoothing", "--no-augment", "--elastic-alpha", "--patience", "--seed", "--ensemble-size",
-                   "--train-on-validation", "--ema-momentum", "--pseudo-label-data", "--pseudo-label-confidence", "--mixed-precision",
-                   "--curves", "--history"):
+                   "--train-on-validation", "--ema-momentum", "--pseudo-label-data", "--pseudo-label-confidence",
+                   "--mixed-precision", "--curves", "--history", "--checkpoint-dir"):
         assert option in help_text
     result = run_module("-m", "components.train", "--train-data", str(tmp_path / "none.npz"),
                         "--validation-data", str(tmp_path / "none.npz"), "--model-dir", str(tmp_path / "m"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.npz'}: file not found"
+
+
+def test_a_resumed_dataset_gives_the_batches_of_an_uninterrupted_one():
+    images = np.random.default_rng(0).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.uint8) % 10
+    whole = [x.numpy() for x, _ in training_dataset(images, labels, 4, epochs=3, seed=3, augment=True, elastic_alpha=34)]
+    resumed = [x.numpy() for x, _ in training_dataset(images, labels, 4, epochs=3, seed=3, augment=True, elastic_alpha=34,
+                                                      first_step=5)]
+    assert len(whole) == 9 and len(resumed) == 4
+    for first, second in zip(whole[5:], resumed):
+        np.testing.assert_array_equal(first, second)
+
+
+@pytest.fixture(scope="module")
+def larger_arrays(tmp_path_factory, arrays):
+    """The fixture's training images four times over: epochs long enough to kill a run between two of them."""
+    folder = tmp_path_factory.mktemp("larger")
+    images, labels = load_arrays(arrays["train"], "images", "labels")
+    save_arrays(folder / "train.npz", images=np.tile(images, (4, 1, 1, 1)), labels=np.tile(labels, 4))
+    return {"train": folder / "train.npz", "validation": arrays["validation"]}
+
+
+RESUMED_SETTINGS = dict(epochs=4, batch_size=32, seed=5, patience=4, elastic_alpha=34.0)
+
+
+def train_command(arrays, model_dir, checkpoint_dir, **settings):
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in {**RESUMED_SETTINGS, **settings}.items()]
+    return [sys.executable, "-m", "components.train", "--train-data", str(arrays["train"]),
+            "--validation-data", str(arrays["validation"]), "--model-dir", str(model_dir),
+            "--checkpoint-dir", str(checkpoint_dir), *options]
+
+
+def kill_after_epoch(command, checkpoint, epochs_done):
+    """Start training, SIGKILL it once `checkpoint` records `epochs_done` epochs; returns the state it left."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (checkpoint.is_file() and read_checkpoint(checkpoint)[0]["epochs_done"] >= epochs_done):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    return read_checkpoint(checkpoint)[0]
+
+
+@pytest.mark.parametrize("ensemble_size, killed_member, ema_momentum", [(1, 0, 0.0), (2, 1, 0.0), (1, 0, 0.9)])
+def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(tmp_path, larger_arrays, ensemble_size,
+                                                                           killed_member, ema_momentum):
+    # With a weight average too: the raw weights it keeps between epochs, and its step, are in the checkpoint.
+    command = train_command(larger_arrays, tmp_path / "resumed", tmp_path / "checkpoints", ensemble_size=ensemble_size,
+                            ema_momentum=ema_momentum)
+    state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 2)
+    assert not state.get("finished") and 2 <= state["epochs_done"] < RESUMED_SETTINGS["epochs"]  # killed mid-member
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'checkpoints'}/round-0-member-{killed_member}.npz after epoch" in result.stdout
+    assert ("member finished before" in result.stdout) is (killed_member > 0)
+    uninterrupted = train(larger_arrays["train"], larger_arrays["validation"], tmp_path / "whole", tmp_path / "whole.json",
+                          ensemble_size=ensemble_size, ema_momentum=ema_momentum, **RESUMED_SETTINGS)
+    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    for whole, again in zip(uninterrupted["members"], resumed["members"]):
+        assert len(again["loss"]) == len(again["seconds"]) == RESUMED_SETTINGS["epochs"]  # each epoch once
+        for metric in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+            assert again[metric] == whole[metric], metric
+    # Bit for bit: the same weights, batches, augmentations and dropout masks as the run that was never stopped.
+    for whole, again in zip(load_models(tmp_path / "whole"), load_models(tmp_path / "resumed"), strict=True):
+        for first, second in zip(whole.get_weights(), again.get_weights(), strict=True):
+            np.testing.assert_array_equal(first, second)
+
+
+def test_a_finished_training_started_again_takes_its_members_from_the_checkpoints(tmp_path, arrays, capsys):
+    # With pseudo-labels: both rounds of training, the second one's labels from the first one's restored models.
+    settings = dict(epochs=2, batch_size=64, checkpoint_dir=tmp_path / "checkpoints", pseudo_label_data=arrays["test"],
+                    pseudo_label_confidence=0.1)
+    first = train(arrays["train"], arrays["validation"], tmp_path / "a", tmp_path / "a.json", **settings)
+    assert first["pseudo_labels"] == 60
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "round-0-member-0.npz", "round-1-member-0.npz", "settings.json"]
+    again = train(arrays["train"], arrays["validation"], tmp_path / "b", tmp_path / "b.json", **settings)
+    assert again == first
+    assert capsys.readouterr().out.count("member finished before") == 2
+    assert (tmp_path / "a" / "model-0.keras").read_bytes() == (tmp_path / "b" / "model-0.keras").read_bytes()
+
+
+def test_checkpoints_of_other_settings_are_refused_in_one_line(tmp_path, arrays):
+    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
+          checkpoint_dir=tmp_path / "checkpoints")
+    result = run_module("-m", "components.train", "--train-data", str(arrays["train"]), "--validation-data",
+                        str(arrays["validation"]), "--model-dir", str(tmp_path / "m"), "--epochs", "2",
+                        "--batch-size", "64", "--learning-rate", "0.01", "--checkpoint-dir", str(tmp_path / "checkpoints"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'checkpoints'}: holds checkpoints of other settings (epochs, learning_rate differ); "
+        "start with the same settings and data, or with another (or an empty) checkpoint folder")
+    with pytest.raises(InputError, match=r"\(data differ\)"):  # same settings, other images
+        train(arrays["validation"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
+              checkpoint_dir=tmp_path / "checkpoints")
