@@ -36,7 +36,10 @@ RECIPES = {
     "default_v1": ("one CNN, 15 epochs, float32 (the default until now)", {"mixed_precision": "off"}),
     "bf16": ("one CNN, 15 epochs, bfloat16", {}),
     "bf16_30": ("one CNN, 30 epochs, bfloat16", {"epochs": 30}),
-    "bf16_b256_40": ("one CNN, 40 epochs, bfloat16, batch 256", {"epochs": 40, "batch_size": 256}),
+    "bf16_b256_40": ("one CNN, 40 epochs, bfloat16, batch 256 (early stopping after 5 stalled epochs)",
+                     {"epochs": 40, "batch_size": 256}),
+    "bf16_b256_30_full": ("one CNN, 30 epochs, bfloat16, batch 256, no early stopping",
+                          {"epochs": 30, "batch_size": 256, "patience": 30}),
     "bf16_30_all": ("one CNN, 30 epochs, bfloat16, trained on all 42,000 rows", {"epochs": 30, "train_on_validation": True}),
 }
 RESULTS = Path("bench/results/recipes.json")
