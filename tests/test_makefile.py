@@ -46,7 +46,8 @@ def make_dry_run(folder, *arguments, gpus_listed):
     nvidia_smi.write_text(f"#!/bin/sh\necho '{listing}'\n" if gpus_listed else "#!/bin/sh\necho 'No devices were found'\nexit 6\n")
     nvidia_smi.chmod(0o755)
     environment = {**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}"}
-    environment.pop("GPU", None)
+    for name in ("GPU", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # under `make test`, a nested make would say make[1]
+        environment.pop(name, None)
     result = subprocess.run(["make", "-n", *arguments], cwd=folder, env=environment, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return result.stdout
