@@ -53,7 +53,7 @@ PREPROCESS, TRAIN, EXPORT = signature_defaults(preprocess), signature_defaults(t
 DEPLOY = signature_defaults(deploy)
 PROFILES = {
     "quick": {"epochs": 1, "accuracy_threshold": 0.9},  # about a minute: demos and tests
-    "default": {},  # the function defaults below: one CNN, 30 epochs
+    "default": {},  # the function defaults below: one CNN, 15 epochs
     "best": {"ensemble_size": 5},  # a GPU, or about an hour of CPU; why these settings: docs/MODEL.md
 }
 PIPELINE_NAME = "digit-recognizer"
@@ -820,7 +820,7 @@ def main(argv=None):
 
 def parameter_options(parser, profile_default="default"):
     parser.add_argument("--profile", choices=list(PROFILES), default=profile_default, help="quick: one epoch, for demos and tests; default: "
-                        "one CNN, 30 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: default; with --resume, the run's)")
+                        "one CNN, 15 epochs; best: an ensemble of 5 CNNs in one ONNX model (default: default; with --resume, the run's)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="set a pipeline parameter on top of the profile, e.g. --param epochs=20 (repeatable)")
 

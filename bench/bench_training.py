@@ -16,7 +16,7 @@ import keras
 
 from components.kaggle_csv import read_csv
 from components.preprocess import as_images
-from components.train import build_model, cpu_has_bfloat16, training_dataset
+from components.train import build_model, training_dataset
 
 # name: (dtype policy, batch size, augmentation, XLA compilation)
 VARIANTS = {
@@ -56,7 +56,7 @@ def main(argv=None):
                 timings[name].append(steps * batch_size / (time.perf_counter() - started))
     images_per_second = {name: statistics.median(values) for name, values in timings.items()}
     baseline = images_per_second["float32"]
-    results = {"steps_of_128": args.steps, "repeats": args.repeats, "cpu_has_bfloat16": cpu_has_bfloat16(),
+    results = {"steps_of_128": args.steps, "repeats": args.repeats,
                "images_per_second": images_per_second,
                "ratio_to_float32": {name: value / baseline for name, value in images_per_second.items()}}
     print(json.dumps(results, indent=2))

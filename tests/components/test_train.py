@@ -19,7 +19,6 @@ from components.train import (
     WeightAverage,
     training_dataset,
     precision_policy,
-    cpu_has_bfloat16,
 )
 from tests.conftest import ROOT, run_module
 
@@ -156,20 +155,11 @@ def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32
 
 
 def test_precision_policy_follows_the_hardware():
-    assert precision_policy("auto", [], cpu_bfloat16=False) == "float32"
-    assert precision_policy("auto", [], cpu_bfloat16=True) == "mixed_bfloat16"
-    assert precision_policy("on", [], cpu_bfloat16=False) == "mixed_bfloat16"
-    assert precision_policy("off", [], cpu_bfloat16=True) == "float32"
+    assert precision_policy("auto", []) == "float32"  # the CPU: bfloat16 only when asked for
+    assert precision_policy("on", []) == "mixed_bfloat16"
+    assert precision_policy("off", []) == "float32"
     with pytest.raises(ValueError, match="mixed_precision must be auto, on or off"):
         precision_policy("yes", [])
-
-
-def test_cpu_bfloat16_is_read_from_the_cpu_flags(tmp_path):
-    (tmp_path / "avx512").write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
-    (tmp_path / "avx2").write_text("flags\t\t: fpu sse2 avx2\n")
-    assert cpu_has_bfloat16(tmp_path / "avx512") is True
-    assert cpu_has_bfloat16(tmp_path / "avx2") is False
-    assert cpu_has_bfloat16(tmp_path / "missing") is False
 
 
 def test_weight_average_averages_every_weight_with_a_warm_up():
