@@ -35,6 +35,8 @@ from components.train import load_models, train
 RECIPES = {
     "default": ("one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
                    {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
+    "default_ema": ("the default with a weight average (ema_momentum 0.999)",
+                    {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "ema_momentum": 0.999}),
     "bf16_b256_40": ("one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
                      {"epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"}),
     "bf16_b256_30_full": ("one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
