@@ -511,21 +511,19 @@ def train(
     if train_on_validation:
         train_images = np.concatenate([train_images, validation_images])
         train_labels = np.concatenate([train_labels, validation_labels])
+    recipe = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                  learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
+                  label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
+                  train_on_validation=train_on_validation, ema_momentum=ema_momentum)
     if checkpoint_dir:
         check_checkpoint_settings(checkpoint_dir, dict(
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule,
-            weight_decay=weight_decay, label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha,
-            patience=patience, seed=seed, ensemble_size=ensemble_size, train_on_validation=train_on_validation,
-            pseudo_labels=pseudo_label_data is not None, pseudo_label_confidence=pseudo_label_confidence,
-            ema_momentum=ema_momentum, mixed_precision=policy, data=array_digest(train_images, train_labels, validation_images, validation_labels),
+            recipe, seed=seed, ensemble_size=ensemble_size, pseudo_labels=pseudo_label_data is not None,
+            pseudo_label_confidence=pseudo_label_confidence, mixed_precision=policy,
+            data=array_digest(train_images, train_labels, validation_images, validation_labels),
             pseudo_label_data=pseudo_label_data and array_digest(*load_arrays(pseudo_label_data, "images")),
         ))
-    strategy = distribution_strategy(devices)
-    settings = dict(validation_images=validation_images, validation_labels=validation_labels, strategy=strategy,
-                    epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                    learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
-                    label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
-                    train_on_validation=train_on_validation, ema_momentum=ema_momentum)
+    settings = dict(recipe, validation_images=validation_images, validation_labels=validation_labels,
+                    strategy=distribution_strategy(devices))
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
 
     def fit_members(images, labels, round_of_training):
