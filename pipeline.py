@@ -141,6 +141,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         test_csv: str = "",
         validation_fraction: float = PREPROCESS["validation_fraction"],
         seed: int = PREPROCESS["seed"],
+        network: str = TRAIN["network"],
         epochs: int = TRAIN["epochs"],
         batch_size: int = TRAIN["batch_size"],
         learning_rate: float = TRAIN["learning_rate"],
@@ -178,7 +179,7 @@ def build_pipeline(image=DEFAULT_IMAGE, accelerator=DEFAULT_ACCELERATOR, kaggle_
         trained = step(
             "train",
             train_data=arrays.outputs["train_data"], validation_data=arrays.outputs["validation_data"],
-            test_data=arrays.outputs["test_data"], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            test_data=arrays.outputs["test_data"], network=network, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
             learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay, label_smoothing=label_smoothing,
             augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed, ensemble_size=ensemble_size,
             train_on_validation=train_on_validation, ema_momentum=ema_momentum, pseudo_labels=pseudo_labels,

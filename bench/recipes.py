@@ -41,6 +41,10 @@ RECIPES = {
                      {"epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"}),
     "bf16_b256_30_full": ("one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
                           {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"}),
+    "deotte": ("Deotte's network (strided convolutions, dense head), otherwise the default",
+               {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
+    "default_all_rows": ("the default trained on all 42,000 rows (validation included, last epoch kept)",
+                         {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "train_on_validation": True}),
 }
 RESULTS = Path("bench/results/recipes.json")
 RUNS = Path("runs/recipes")

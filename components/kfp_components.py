@@ -47,6 +47,7 @@ def train_component(
     validation_data: Input[Dataset],
     test_data: Input[Dataset],
     epochs: int,
+    network: str,
     batch_size: int,
     learning_rate: float,
     learning_rate_schedule: str,
@@ -80,7 +81,7 @@ def train_component(
 
     result = run_cli(train, dict(
         train_data=train_data.path, validation_data=validation_data.path, model_dir=model.path,
-        history_path=history.path, curves_png=training_curves.path, epochs=epochs, batch_size=batch_size,
+        history_path=history.path, curves_png=training_curves.path, network=network, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
         label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed,
         ensemble_size=ensemble_size, train_on_validation=train_on_validation, ema_momentum=ema_momentum,

@@ -27,26 +27,46 @@ CHECKPOINT_SETTINGS_FILE = "settings.json"
 CHECKPOINT_FILE = "round-{round}-member-{member}.npz"
 
 
-def build_model(dropout=0.3):
-    """Raw 0-255 pixels [n, 28, 28, 1] in, ten digit probabilities out.
+NETWORKS = ("compact", "deotte")
 
-    Under a mixed-precision policy the layers compute in float16; the output layer stays float32.
+
+def build_model(network="compact"):
+    """Raw 0-255 pixels [n, 28, 28, 1] in, ten digit probabilities out; the model's name is its network.
+
+    "compact": two blocks of two 3x3 convolutions (32, then 64 filters), each block max-pooled, a block of
+    128, global average pooling, dropout 0.3. "deotte": Chris Deotte's Kaggle MNIST network (32C3-32C3-32C5S2,
+    64C3-64C3-64C5S2, 128C4, dropout 0.4 after each stage): unpadded convolutions, strided ones instead of
+    pooling, and a dense layer over the last feature map instead of an average. Both batch-normalize every
+    convolution. Under a mixed-precision policy the layers compute in float16 or bfloat16; the output layer
+    stays float32.
     """
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
     x = layers.Rescaling(1 / 255)(inputs)
-    for filters in (32, 64):
-        x = conv_block(x, filters)
-        x = conv_block(x, filters)
-        x = layers.MaxPooling2D()(x)
-    x = conv_block(x, 128)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(dropout)(x)
+    if network == "compact":
+        for filters in (32, 64):
+            x = conv_block(x, filters)
+            x = conv_block(x, filters)
+            x = layers.MaxPooling2D()(x)
+        x = conv_block(x, 128)
+        x = layers.GlobalAveragePooling2D()(x)
+        x = layers.Dropout(0.3)(x)
+    else:
+        for filters in (32, 64):
+            x = conv_block(x, filters, padding="valid")
+            x = conv_block(x, filters, padding="valid")
+            x = conv_block(x, filters, size=5, strides=2)
+            x = layers.Dropout(0.4)(x)
+        x = conv_block(x, 128, size=4, padding="valid")
+        x = layers.Flatten()(x)
+        x = layers.Dropout(0.4)(x)
     outputs = layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="digit_cnn")
+    return keras.Model(inputs, outputs, name=network)
 
 
-def conv_block(x, filters):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+def conv_block(x, filters, size=3, strides=1, padding="same"):
+    x = layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=False)(x)
     # momentum 0.9, not Keras' 0.99: the running statistics catch up within an epoch, so validation
     # (which uses them) is meaningful from the first epoch on, even on small data.
     x = layers.BatchNormalization(momentum=0.9)(x)
@@ -383,8 +403,8 @@ def precision_policy(mixed_precision, gpus):
     return mixed if capabilities and min(capabilities) >= (7, 0) else "float32"
 
 
-def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, epochs, batch_size,
-        learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha, patience, seed,
+def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, network, epochs,
+        batch_size, learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha, patience, seed,
         train_on_validation, ema_momentum, checkpoint_path=None, progress=None):
     """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch).
 
@@ -404,7 +424,7 @@ def fit(model_path, train_images, train_labels, validation_images, validation_la
             decay_steps=max(1, (epochs - 1) * steps_per_epoch),
         )
     with strategy.scope():
-        model = build_model()
+        model = build_model(network)
         model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
@@ -452,6 +472,7 @@ def train(
     validation_data,
     model_dir,
     history_path,
+    network="compact",
     epochs=15,
     batch_size=128,
     learning_rate=0.003,
@@ -495,6 +516,8 @@ def train(
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience), ("ensemble_size", ensemble_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
     if learning_rate_schedule not in ("cosine", "constant"):
         raise ValueError(f"learning_rate_schedule must be cosine or constant, got {learning_rate_schedule!r}")
     if not 0 <= ema_momentum < 1:
@@ -511,7 +534,7 @@ def train(
     if train_on_validation:
         train_images = np.concatenate([train_images, validation_images])
         train_labels = np.concatenate([train_labels, validation_labels])
-    recipe = dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    recipe = dict(network=network, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                   learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
                   label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
                   train_on_validation=train_on_validation, ema_momentum=ema_momentum)
@@ -568,7 +591,7 @@ def train(
 def load_model_file(path):
     """A trained model in float32, whatever precision it was trained in (so export and parity compare like with like)."""
     trained = keras.models.load_model(path, compile=False)
-    model = build_model()
+    model = build_model(trained.name)
     model.set_weights(trained.get_weights())
     return model
 
@@ -590,6 +613,7 @@ def main(argv=None):
     parser.add_argument("--model-dir", required=True, help=f"folder for the trained models ({MODEL_FILE.format(member='N')})")
     parser.add_argument("--history", help="per-epoch history as JSON (default: MODEL_DIR/history.json)")
     parser.add_argument("--curves", dest="curves_png", help="where to plot the training curves (PNG, optional)")
+    parser.add_argument("--network", choices=NETWORKS, default=defaults["network"], help="compact (global average pooling) or deotte (strided convolutions, dense head) (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=defaults["epochs"], help="passes over the training set (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per step (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=defaults["learning_rate"], help="peak learning rate (default: %(default)s)")

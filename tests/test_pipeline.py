@@ -102,7 +102,7 @@ def test_pipeline_defaults_are_the_functions_defaults(tmp_path):
     spec = yaml.safe_load(pipeline.compile_pipeline(tmp_path / "p.yaml").read_text())
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     train_defaults = signature_defaults(train)
-    for name in ("epochs", "batch_size", "learning_rate", "learning_rate_schedule", "weight_decay", "label_smoothing",
+    for name in ("network", "epochs", "batch_size", "learning_rate", "learning_rate_schedule", "weight_decay", "label_smoothing",
                  "augment", "elastic_alpha", "patience", "seed", "ensemble_size", "train_on_validation",
                  "ema_momentum", "pseudo_label_confidence", "mixed_precision"):
         assert parameters[name]["defaultValue"] == train_defaults[name], name

@@ -44,6 +44,14 @@ def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
     assert 0 <= parity["int8_label_agreement"] <= 1
 
 
+def test_the_deotte_network_exports_with_parity(tmp_path, arrays):
+    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", network="deotte", epochs=1,
+          batch_size=64)
+    parity = export(tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
+    assert parity["max_probability_difference"] < 1e-4
+    assert parity["label_mismatches"] == 0
+
+
 def test_missing_model(tmp_path, arrays):
     with pytest.raises(InputError, match="no-model/model-0.keras: file not found"):
         export(tmp_path / "no-model", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")

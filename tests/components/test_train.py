@@ -23,8 +23,10 @@ from components.train import (
 from tests.conftest import ROOT, run_module
 
 
-def test_model_takes_raw_pixels_and_returns_probabilities():
-    model = build_model()
+@pytest.mark.parametrize("network", ["compact", "deotte"])
+def test_model_takes_raw_pixels_and_returns_probabilities(network):
+    model = build_model(network)
+    assert model.name == network  # load_models rebuilds it by name
     probabilities = model.predict(np.full((3, 28, 28, 1), 255, np.float32), verbose=0)
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
@@ -142,15 +144,17 @@ def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
     assert history["members"][0]["images_per_second"][0] == pytest.approx(300 / history["members"][0]["seconds"][0])
 
 
-def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays):
-    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
-          mixed_precision="on")
+@pytest.mark.parametrize("network", ["compact", "deotte"])
+def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays, network):
+    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", network=network, epochs=1,
+          batch_size=64, mixed_precision="on")
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
     saved = keras.models.load_model(tmp_path / "m" / "model-0.keras", compile=False)
     assert saved.layers[2].dtype_policy.name == "mixed_bfloat16"
     assert saved.layers[-1].dtype_policy.name == "float32"  # probabilities stay float32
     (model,) = load_models(tmp_path / "m")
+    assert model.name == network
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
 
 
@@ -234,6 +238,11 @@ def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", learning_rate_schedule="linear")
 
 
+def test_train_rejects_an_unknown_network(tmp_path, arrays):
+    with pytest.raises(ValueError, match="network must be one of compact, deotte, got 'resnet'"):
+        train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", network="resnet")
+
+
 def test_constant_schedule_keeps_the_learning_rate(tmp_path, arrays):
     history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=64,
                     learning_rate=0.002, learning_rate_schedule="constant")
@@ -242,7 +251,7 @@ def test_constant_schedule_keeps_the_learning_rate(tmp_path, arrays):
 
 def test_cli_help_and_missing_input(tmp_path):
     help_text = run_module("-m", "components.train", "--help").stdout
-    for option in ("--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule", "--weight-decay",
+    for option in ("--network", "--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule", "--weight-decay",
                    "--label-smoothing", "--no-augment", "--elastic-alpha", "--patience", "--seed", "--ensemble-size",
                    "--train-on-validation", "--ema-momentum", "--pseudo-label-data", "--pseudo-label-confidence",
                    "--mixed-precision", "--curves", "--history", "--checkpoint-dir"):
