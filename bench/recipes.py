@@ -45,6 +45,9 @@ RECIPES = {
                {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
     "default_all_rows": ("the default trained on all 42,000 rows (validation included, last epoch kept)",
                          {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "train_on_validation": True}),
+    "deotte_pseudo_labels": ("Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
+                             {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off",
+                              "pseudo_labels": True}),
 }
 RESULTS = Path("bench/results/recipes.json")
 RUNS = Path("runs/recipes")
@@ -70,7 +73,10 @@ def train_recipe(name, seed, train_csv, test_csv):
         preprocess(train_csv, test_csv, arrays["train"], arrays["validation"], arrays["test"], seed=seed)
     run = RUNS / name / f"seed-{seed}"
     started = time.perf_counter()
-    history = train(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **settings)
+    options = dict(settings)
+    if options.pop("pseudo_labels", False):
+        options["pseudo_label_data"] = arrays["test"]
+    history = train(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **options)
     seconds = time.perf_counter() - started
     (test_images,) = load_arrays(arrays["test"], "images")
     validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
@@ -79,8 +85,13 @@ def train_recipe(name, seed, train_csv, test_csv):
     validation_accuracy = float((tensorflow_probabilities(serve, validation_images).argmax(axis=1) == validation_labels).mean())
     epochs_run = [len(member["loss"]) for member in history["members"]]
     (train_images,) = load_arrays(arrays["train"], "images")
+    if settings.get("train_on_validation"):
+        train_images = np.concatenate([train_images, validation_images])
+    images_seen = sum(epochs_run) * (len(train_images) + history["pseudo_labels"])
+    if "first_round_members" in history:
+        images_seen += sum(len(member["loss"]) for member in history["first_round_members"]) * len(train_images)
     return {"description": description, "settings": settings, "train_seconds": round(seconds), "epochs_run": epochs_run,
-            "images_seen": sum(epochs_run) * len(train_images),
+            "images_seen": images_seen,
             "validation_accuracy": validation_accuracy, "submission": str(run / "submission.csv")}
 
 
@@ -98,6 +109,7 @@ def combine(name, members, tta):
     (test_images,) = load_arrays(RUNS / "arrays" / f"seed-{seed}" / "test.npz", "images")
     write_submission(tensorflow_probabilities(inference_function(models, tta), test_images).argmax(axis=1), run / "submission.csv")
     description = f"{' + '.join(members)}" + (" with test-time augmentation" if tta else "")
+    results = load_results()  # a training run may have written meanwhile
     results.setdefault(name, {})["combined"] = {"description": description, "members": members, "tta": tta,
                                                 "train_seconds": seconds, "images_seen": images, "submission": str(run / "submission.csv")}
     save_results(results)

@@ -511,7 +511,8 @@ def train(
     fit is saved there after every epoch; started again with the same settings and data, training goes on
     after the last finished epoch and keeps the members already finished (a folder holding checkpoints of
     other settings is refused).
-    Returns {"members": [one history per member], "pseudo_labels": images added (0 without)}.
+    Returns {"members": [one history per member], "pseudo_labels": images added (0 without)}, and after a second
+    round with pseudo-labels its first round's histories as "first_round_members".
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience), ("ensemble_size", ensemble_size)):
         if value < 1:
@@ -559,7 +560,7 @@ def train(
     keras.mixed_precision.set_global_policy(policy)
     try:
         histories = fit_members(train_images, train_labels, 0)
-        pseudo_labels = 0
+        first_round, pseudo_labels = histories, 0
         if pseudo_label_data is not None:
             (test_images,) = load_arrays(pseudo_label_data, "images")
             probabilities = np.mean([load_model_file(path).predict(test_images.astype(np.float32), batch_size=512, verbose=0)
@@ -579,6 +580,8 @@ def train(
     for stale in set(Path(model_dir).glob(MODEL_FILE.format(member="*"))) - set(model_paths):
         stale.unlink()
     history = {"members": histories, "pseudo_labels": pseudo_labels}
+    if histories is not first_round:
+        history["first_round_members"] = first_round
     save_json(history_path, history)
     if curves_png:
         training_curves(histories, curves_png)

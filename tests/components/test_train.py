@@ -127,12 +127,16 @@ def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, array
     assert history["pseudo_labels"] == 60  # every probability vector has a maximum of at least 0.1
     assert "pseudo-labels: 60 of 60 test images at confidence >= 0.1; training again with them" in capsys.readouterr().out
     (train_images,) = load_arrays(arrays["train"], "images")
-    assert history["members"][0]["images_per_second"]  # the second round's history
+    # 270 + 60 images in batches of 32: 10 batches (the first round 8)
+    assert history["members"][0]["images_per_second"][0] == pytest.approx(320 / history["members"][0]["seconds"][0])
+    assert history["first_round_members"][0]["images_per_second"][0] == pytest.approx(
+        256 / history["first_round_members"][0]["seconds"][0])
     assert json.loads((tmp_path / "h.json").read_text())["pseudo_labels"] == 60
     assert len(train_images) == 270
     history = train(arrays["train"], arrays["validation"], tmp_path / "n", tmp_path / "n.json", epochs=1, batch_size=32,
                     pseudo_label_data=arrays["test"], pseudo_label_confidence=1.0)
     assert history["pseudo_labels"] == 0
+    assert "first_round_members" not in history  # one round: its histories are the members'
     assert "0 of 60 test images at confidence >= 1.0; keeping the first models" in capsys.readouterr().out
 
 
