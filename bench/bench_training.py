@@ -4,7 +4,7 @@
 
 Every variant is built once, then they take turns, `--repeats` times each (after one warm-up round for
 tracing and thread pools), so a busy machine slows all of them alike; medians are reported, with each
-variant's ratio to the baseline (float32, batch 128, augmented: the default until bfloat16).
+variant's ratio to the baseline (the compact network in float32, batch 128, augmented).
 """
 import argparse
 import json
@@ -18,14 +18,16 @@ from components.kaggle_csv import read_csv
 from components.preprocess import as_images
 from components.train import build_model, training_dataset
 
-# name: (dtype policy, batch size, augmentation, XLA compilation)
+# name: (network, dtype policy, batch size, augmentation, XLA compilation)
 VARIANTS = {
-    "float32": ("float32", 128, True, False),
-    "float32, no augmentation": ("float32", 128, False, False),
-    "bfloat16": ("mixed_bfloat16", 128, True, False),
-    "bfloat16, batch 256": ("mixed_bfloat16", 256, True, False),
-    "bfloat16, XLA": ("mixed_bfloat16", 128, True, True),
-    "float32, XLA": ("float32", 128, True, True),
+    "float32": ("compact", "float32", 128, True, False),
+    "float32, no augmentation": ("compact", "float32", 128, False, False),
+    "bfloat16": ("compact", "mixed_bfloat16", 128, True, False),
+    "bfloat16, batch 256": ("compact", "mixed_bfloat16", 256, True, False),
+    "bfloat16, XLA": ("compact", "mixed_bfloat16", 128, True, True),
+    "float32, XLA": ("compact", "float32", 128, True, True),
+    "deotte network, float32": ("deotte", "float32", 128, True, False),
+    "deotte network, bfloat16": ("deotte", "mixed_bfloat16", 128, True, False),
 }
 
 
@@ -39,15 +41,15 @@ def main(argv=None):
     labels, pixels = read_csv(args.train_csv, labelled=True)
     images = as_images(pixels)
     models = {}
-    for name, (policy, batch_size, augment, jit_compile) in VARIANTS.items():
+    for name, (network, policy, batch_size, augment, jit_compile) in VARIANTS.items():
         keras.mixed_precision.set_global_policy(policy)
-        model = build_model()
+        model = build_model(network)
         model.compile(optimizer="adamw", loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), jit_compile=jit_compile)
         models[name] = model
     keras.mixed_precision.set_global_policy("float32")
     timings = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats + 1):
-        for name, (policy, batch_size, augment, jit_compile) in VARIANTS.items():
+        for name, (network, policy, batch_size, augment, jit_compile) in VARIANTS.items():
             steps = args.steps * 128 // batch_size  # the same images in every measurement
             dataset = training_dataset(images, labels, batch_size, epochs=1, seed=repeat, augment=augment).take(steps)
             started = time.perf_counter()

@@ -23,16 +23,21 @@ import subprocess
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from components.artifacts import load_arrays
 from components.export import inference_function, tensorflow_probabilities
 from components.kaggle_format import SUBMISSION_HEADER
 from components.preprocess import preprocess
-from components.train import load_models, train
+from components.train import MODEL_FILE, build_model, load_models, train, training_dataset
 
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
+    "quick": ("one CNN, 1 epoch (the quick profile)",
+              {"epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
+    "default_5_epochs": ("one CNN, 5 epochs, otherwise the default",
+                         {"epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
     "default": ("one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
                    {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
     "default_ema": ("the default with a weight average (ema_momentum 0.999)",
@@ -48,6 +53,8 @@ RECIPES = {
     "deotte_pseudo_labels": ("Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
                              {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off",
                               "pseudo_labels": True}),
+    "snapshots_3x5": ("a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
+                      {"epochs": 15, "batch_size": 128, "snapshots": 3}),
 }
 RESULTS = Path("bench/results/recipes.json")
 RUNS = Path("runs/recipes")
@@ -66,6 +73,35 @@ def save_results(results):
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
+def train_snapshots(train_data, validation_data, model_dir, history_path, seed, epochs, batch_size, snapshots,
+                    learning_rate=0.003, weight_decay=0.0001, label_smoothing=0.1):
+    """A snapshot ensemble (Huang et al. 2017): one fit whose learning rate restarts a cosine `snapshots` times,
+    with the model at the end of each cycle kept as a member; the train step's network, data and loss."""
+    keras.utils.set_random_seed(seed)
+    images, labels = load_arrays(train_data, "images", "labels")
+    validation_images, validation_labels = load_arrays(validation_data, "images", "labels")
+    steps_per_epoch = len(images) // batch_size
+    cycle_epochs = epochs // snapshots
+    model = build_model()
+    model.compile(optimizer=keras.optimizers.AdamW(
+                      keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch),
+                      weight_decay=weight_decay),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+
+    def save_snapshot(epoch, logs):
+        if (epoch + 1) % cycle_epochs == 0:  # the end of a cycle, where the learning rate is back at zero
+            model.save(Path(model_dir) / MODEL_FILE.format(member=(epoch + 1) // cycle_epochs - 1))
+
+    history = model.fit(training_dataset(images, labels, batch_size, epochs, seed, augment=True),
+                        steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=save_snapshot)], verbose=2,
+                        validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)))
+    history = {"members": [{name: [float(value) for value in values] for name, values in history.history.items()}],
+               "pseudo_labels": 0}
+    Path(history_path).write_text(json.dumps(history))
+    return history
+
+
 def train_recipe(name, seed, train_csv, test_csv):
     description, settings = RECIPES[name]
     arrays = {part: RUNS / "arrays" / f"seed-{seed}" / f"{part}.npz" for part in ("train", "validation", "test")}
@@ -76,7 +112,8 @@ def train_recipe(name, seed, train_csv, test_csv):
     options = dict(settings)
     if options.pop("pseudo_labels", False):
         options["pseudo_label_data"] = arrays["test"]
-    history = train(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **options)
+    fit = train_snapshots if "snapshots" in options else train
+    history = fit(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **options)
     seconds = time.perf_counter() - started
     (test_images,) = load_arrays(arrays["test"], "images")
     validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
