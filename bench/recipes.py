@@ -241,8 +241,9 @@ def disagreements(plot_path, test_csv, shown=24):
     from components.preprocess import as_images
 
     results = load_results()
+    settings = {name: RECIPES[name][1] for name in RECIPES}
     singles = {f"{name}/{seed}": result["submission"] for name, seeds in results.items() for seed, result in seeds.items()
-               if seed != "combined" and RECIPES.get(name, ("", {}))[1].get("epochs", 0) >= 15}
+               if name in settings and settings[name]["epochs"] >= 15 and "snapshots" not in settings[name]}
     labels = np.array([[int(line.split(",")[1]) for line in Path(path).read_text().splitlines()[1:]] for path in singles.values()])
     votes = np.array([np.bincount(column, minlength=10) for column in labels.T])
     split = np.flatnonzero(votes.max(axis=1) < len(singles))

@@ -28,6 +28,12 @@ CHECKPOINT_FILE = "round-{round}-member-{member}.npz"
 
 
 NETWORKS = ("compact", "deotte")
+EARLIER_NAMES = {"digit_cnn": "compact"}  # what models saved before the choice of network were named
+
+
+def check_network(network):
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
 
 
 def build_model(network="compact"):
@@ -40,8 +46,7 @@ def build_model(network="compact"):
     convolution. Under a mixed-precision policy the layers compute in float16 or bfloat16; the output layer
     stays float32.
     """
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    check_network(network)
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
     x = layers.Rescaling(1 / 255)(inputs)
     if network == "compact":
@@ -404,8 +409,8 @@ def precision_policy(mixed_precision, gpus):
 
 
 def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, network, epochs,
-        batch_size, learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha, patience, seed,
-        train_on_validation, ema_momentum, checkpoint_path=None, progress=None):
+        batch_size, learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha,
+        patience, seed, train_on_validation, ema_momentum, checkpoint_path=None, progress=None):
     """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch).
 
     With `checkpoint_path`, the fit is saved there after every epoch and goes on from there when started again.
@@ -517,8 +522,7 @@ def train(
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience), ("ensemble_size", ensemble_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    check_network(network)
     if learning_rate_schedule not in ("cosine", "constant"):
         raise ValueError(f"learning_rate_schedule must be cosine or constant, got {learning_rate_schedule!r}")
     if not 0 <= ema_momentum < 1:
@@ -594,7 +598,10 @@ def train(
 def load_model_file(path):
     """A trained model in float32, whatever precision it was trained in (so export and parity compare like with like)."""
     trained = keras.models.load_model(path, compile=False)
-    model = build_model(trained.name)
+    network = EARLIER_NAMES.get(trained.name, trained.name)
+    if network not in NETWORKS:
+        raise InputError(f"{path}: a model named {trained.name!r}, not one of train's networks ({', '.join(NETWORKS)})")
+    model = build_model(network)
     model.set_weights(trained.get_weights())
     return model
 

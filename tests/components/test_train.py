@@ -242,6 +242,19 @@ def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", learning_rate_schedule="linear")
 
 
+def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_one_line(tmp_path):
+    import keras
+    compact = build_model()
+    # The compact network as earlier versions saved it, before networks had names.
+    keras.Model(compact.inputs, compact.outputs, name="digit_cnn").save(tmp_path / "model-0.keras")
+    (model,) = load_models(tmp_path)
+    assert model.name == "compact"
+    inputs = keras.Input((28, 28, 1))
+    keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)), name="mine").save(tmp_path / "model-0.keras")
+    with pytest.raises(InputError, match=r"model-0.keras: a model named 'mine', not one of train's networks \(compact, deotte\)"):
+        load_models(tmp_path)
+
+
 def test_train_rejects_an_unknown_network(tmp_path, arrays):
     with pytest.raises(ValueError, match="network must be one of compact, deotte, got 'resnet'"):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", network="resnet")
