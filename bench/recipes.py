@@ -190,7 +190,7 @@ def report(plot_path):
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         spread = f" ± {row['sd']:.2%}" if row["sd"] is not None else ""
-        validation = f"{row['validation']:.2%}" if row["validation"] is not None else "(its members')"
+        validation = f"{row['validation']:.2%}" if row["validation"] is not None else "–"
         print(f"| {row['description']} | {row['seeds']} | {row['mean']:.2%}{spread} | {validation} | "
               f"{row['images'] / 1e6:.2f} | {row['minutes']:.0f} |")
     import matplotlib
