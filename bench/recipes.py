@@ -208,13 +208,15 @@ def report(plot_path):
         if accuracy < bottom:
             axis.plot(*point, marker="v", color="grey")
         else:
-            axis.errorbar(*point, yerr=100 * (row["sd"] or 0), marker="s" if "+" in row["description"] else "o", capsize=3)
+            averaged = "+" in row["description"] or "snapshots" in RECIPES.get(row["recipe"], ("", {}))[1]
+            axis.errorbar(*point, yerr=100 * (row["sd"] or 0), marker="s" if averaged else "o", capsize=3)
         # Rows at the same point (a model and its test-time augmentation) get their labels one above another.
         label = row["recipe"] + (f" ({accuracy:.1f}%)" if accuracy < bottom else "")
-        # Labels of rows at the same height alternate above and below; at the same point, they stack.
-        below = [placed_point[1] for placed_point in placed].count(point[1]) % 2 == 0
+        # Labels at the same point stack; of other points at the same height, every second one goes below.
+        same_point = placed.count(point) - 1
+        same_height = [placed_point[1] for placed_point in placed].count(point[1]) - 1 - same_point
         axis.annotate(label, point, textcoords="offset points", fontsize=8,
-                      xytext=(5, -11 if below else 3 + 11 * (placed.count(point) - 1)))
+                      xytext=(5, -11 if same_height % 2 else 3 + 11 * same_point))
     for goal, text in ((99.65, "goal of the default"), (99.76, "goal of best (15 CNNs x 45 epochs on Kaggle)")):
         axis.axhline(goal, color="grey", linestyle="--", linewidth=0.8)
         axis.annotate(text, (0.03, goal), textcoords="offset points", xytext=(0, 3), fontsize=8, color="grey")
