@@ -13,7 +13,8 @@ with the training wall time and validation accuracy in bench/results/recipes.jso
 models already trained (an ensemble, or one model with test-time augmentation) at no training cost; its
 time is the sum of its members'. `score` hands every
 submission to a scorer outside the project (Kaggle, or a stand-in for its public leaderboard) and records
-what it says. `report` prints the table of docs/MODEL.md and plots leaderboard accuracy against wall time.
+what it says. `report` prints the table of docs/MODEL.md and plots leaderboard accuracy against training
+images. `disagreements` counts the test images the single models label differently, and draws some.
 A recipe already measured for a seed is not trained again, so the runs can be spread over sessions.
 """
 import argparse
@@ -102,7 +103,8 @@ def train_snapshots(train_data, validation_data, model_dir, history_path, seed, 
             model.save(Path(model_dir) / MODEL_FILE.format(member=(epoch + 1) // cycle_epochs - 1))
 
     history = model.fit(training_dataset(images, labels, batch_size, epochs, seed, augment=True),
-                        steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=save_snapshot)], verbose=2,
+                        steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=2,
+                        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=save_snapshot)],
                         validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)))
     history = {"members": [{name: [float(value) for value in values] for name, values in history.history.items()}],
                "pseudo_labels": 0}
@@ -221,9 +223,9 @@ def report(plot_path):
         else:
             averaged = "+" in row["description"] or "snapshots" in RECIPES.get(row["recipe"], ("", {}))[1]
             axis.errorbar(*point, yerr=100 * (row["sd"] or 0), marker="s" if averaged else "o", capsize=3)
-        # Rows at the same point (a model and its test-time augmentation) get their labels one above another.
         label = row["recipe"] + (f" ({accuracy:.1f}%)" if accuracy < bottom else "")
-        # Labels at the same point stack; of other points at the same height, every second one goes below.
+        # Labels at the same point (a model and its test-time augmentation) stack; of other points at the
+        # same height, every second one goes below.
         same_point = placed.count(point) - 1
         same_height = [placed_point[1] for placed_point in placed].count(point[1]) - 1 - same_point
         axis.annotate(label, point, textcoords="offset points", fontsize=8,
