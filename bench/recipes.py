@@ -213,31 +213,34 @@ def report(plot_path):
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
     bottom = 99.2  # the quick profile's one epoch scores far below: drawn on the bottom edge, its score in its label
-    placed = []
+    # Images, not minutes, on the axis: the minutes were measured on a shared machine; images/s is in BENCHMARKS.md.
+    axis.set(xscale="log", xlim=(0.03, 5), ylim=(bottom - 0.03, 99.8),
+             xlabel="training images processed, all members (millions; 800–1,000 a second on this 2-core CPU)",
+             ylabel="public leaderboard accuracy (%)",
+             title="what training buys (mean over seeds, ± sd; squares: several models averaged)")
+    labels = []  # where labels went, in pixels: each new one takes the first free place beside its point
     for row in rows:
         accuracy = 100 * row["mean"]
         point = (row["images"] / 1e6, max(accuracy, bottom))
-        placed.append(point)
         if accuracy < bottom:
             axis.plot(*point, marker="v", color="grey")
         else:
             averaged = "+" in row["description"] or "snapshots" in RECIPES.get(row["recipe"], ("", {}))[1]
             axis.errorbar(*point, yerr=100 * (row["sd"] or 0), marker="s" if averaged else "o", capsize=3)
         label = row["recipe"] + (f" ({accuracy:.1f}%)" if accuracy < bottom else "")
-        # Labels at the same point (a model and its test-time augmentation) stack; of other points at the
-        # same height, every second one goes below.
-        same_point = placed.count(point) - 1
-        same_height = [placed_point[1] for placed_point in placed].count(point[1]) - 1 - same_point
-        axis.annotate(label, point, textcoords="offset points", fontsize=8,
-                      xytext=(5, -11 if same_height % 2 else 3 + 11 * same_point))
+        x, y = axis.transData.transform(point)
+        width = 6 * len(label)
+        for dx, dy in ((6, 2), (6, -12), (-6 - width, 2), (-6 - width, -12), (6, 14), (6, -24), (-6 - width, 14)):
+            left = x + dx
+            if all(left + width < other_left or other_left + other_width < left or abs(y + dy - other_y) > 11
+                   for other_left, other_y, other_width in labels):
+                break
+        labels.append((left, y + dy, width))
+        axis.annotate(label, point, textcoords="offset points", xytext=(dx * 72 / figure.dpi, dy * 72 / figure.dpi),
+                      fontsize=8)
     for goal, text in ((99.65, "goal of the default"), (99.76, "goal of best (15 CNNs x 45 epochs on Kaggle)")):
         axis.axhline(goal, color="grey", linestyle="--", linewidth=0.8)
         axis.annotate(text, (0.03, goal), textcoords="offset points", xytext=(0, 3), fontsize=8, color="grey")
-    # Images, not minutes, on the axis: the minutes were measured on a shared machine; images/s is in BENCHMARKS.md.
-    axis.set(xscale="log", ylim=(bottom - 0.03, 99.8),
-             xlabel="training images processed, all members (millions; 800–1,000 a second on this 2-core CPU)",
-             ylabel="public leaderboard accuracy (%)",
-             title="what training buys (mean over seeds, ± sd; squares: several models averaged)")
     axis.grid(alpha=0.3)
     figure.savefig(plot_path, dpi=100, bbox_inches="tight")
 
