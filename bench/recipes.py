@@ -259,9 +259,8 @@ def disagreements(plot_path, test_csv, shown=24):
     from components.preprocess import as_images
 
     results = load_results()
-    settings = {name: RECIPES[name][1] for name in RECIPES}
     singles = {f"{name}/{seed}": result["submission"] for name, seeds in results.items() for seed, result in seeds.items()
-               if name in settings and settings[name]["epochs"] >= 15 and "snapshots" not in settings[name]}
+               if name in RECIPES and RECIPES[name][1]["epochs"] >= 15 and "snapshots" not in RECIPES[name][1]}
     labels = np.array([[int(line.split(",")[1]) for line in Path(path).read_text().splitlines()[1:]] for path in singles.values()])
     votes = np.array([np.bincount(column, minlength=10) for column in labels.T])
     split = np.flatnonzero(votes.max(axis=1) < len(singles))
