@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA := data/digit-recognizer
 PROFILE ?= default
 
-.PHONY: run test install data compile images serve bench bench-env kaggle-submit clean
+.PHONY: run test lint install data compile images image-prefix push serve bench bench-env kaggle-submit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +14,15 @@ $(BIN)/python:
 # TensorFlow with CUDA where `nvidia-smi -L` lists a GPU, the CPU-only wheel otherwise; GPU=1 or GPU=0 decides instead.
 # The marker names the variant: a second make reinstalls nothing, a change of GPU swaps the wheel in the same venv.
 GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
-TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
+VENV_TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
 
-$(VENV)/.installed-$(TENSORFLOW): pyproject.toml | $(BIN)/python
+$(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/python
 	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/pip uninstall --quiet -y $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
-	$(BIN)/pip install --quiet -e '.[pipeline,$(TENSORFLOW),serve,test]'
+	$(BIN)/pip install --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
 	touch $@
 
-install: $(VENV)/.installed-$(TENSORFLOW)
+install: $(VENV)/.installed-$(VENV_TENSORFLOW)
 
 # Kaggle's files: already here, or fetched with the Kaggle CLI (components/download.py says what it needs).
 data: install
@@ -34,19 +34,34 @@ data: install
 run: install data
 	$(BIN)/python pipeline.py run --data $(DATA) --profile $(PROFILE)
 
-test: install
+# The linter and the formatter's check first: a style slip fails in seconds, not after the tests.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 compile: install
 	$(BIN)/python pipeline.py compile
 
-# TENSORFLOW=gpu (tensorflow[and-cuda]) or cpu; IMAGE_PREFIX (e.g. ghcr.io/me/) and TAG name the images.
-TENSORFLOW ?= gpu
+# The training image's TensorFlow, whatever this machine has: gpu (tensorflow[and-cuda], for the cluster's GPU nodes)
+# or cpu (smaller, for a laptop). IMAGE_PREFIX (e.g. ghcr.io/me/) and TAG name the images; push sends them there.
+TRAIN_IMAGE ?= gpu
 IMAGE_PREFIX ?=
 TAG ?= latest
+IMAGES := $(IMAGE_PREFIX)digit-recognizer-train:$(TAG) $(IMAGE_PREFIX)digit-recognizer-serve:$(TAG)
+image-prefix:
+	@test -n "$(IMAGE_PREFIX)" || { echo "error: set IMAGE_PREFIX to the registry to push to, e.g. make push IMAGE_PREFIX=ghcr.io/me/ TAG=v1"; exit 1; }
+
 images:
-	docker build -f Dockerfile.train --build-arg TENSORFLOW=$(TENSORFLOW) -t $(IMAGE_PREFIX)digit-recognizer-train:$(TAG) .
-	docker build -f Dockerfile.serve -t $(IMAGE_PREFIX)digit-recognizer-serve:$(TAG) .
+	@case "$(TRAIN_IMAGE)" in gpu|cpu) ;; *) echo "error: TRAIN_IMAGE=$(TRAIN_IMAGE): expected gpu or cpu"; exit 1;; esac
+	docker build -f Dockerfile.train --build-arg TENSORFLOW=$(TRAIN_IMAGE) -t $(word 1,$(IMAGES)) .
+	docker build -f Dockerfile.serve -t $(word 2,$(IMAGES)) .
+
+push: image-prefix images
+	docker push $(word 1,$(IMAGES))
+	docker push $(word 2,$(IMAGES))
 
 MODEL ?= runs/latest/model.onnx
 serve: install

@@ -95,3 +95,46 @@ def test_make_kaggle_submit_without_a_run_says_so(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stdout.strip() == f"error: {tmp_path / 'none.csv'} not found: run make run first"
+
+
+def test_images_build_the_cuda_training_image_by_default_whatever_this_machine_has(project_copy):
+    for gpus_listed in (False, True):
+        commands = make_dry_run(project_copy, "images", gpus_listed=gpus_listed)
+        assert "docker build -f Dockerfile.train --build-arg TENSORFLOW=gpu -t digit-recognizer-train:latest ." in commands
+        assert "docker build -f Dockerfile.serve -t digit-recognizer-serve:latest ." in commands
+    laptop = make_dry_run(project_copy, "images", "TRAIN_IMAGE=cpu", "IMAGE_PREFIX=ghcr.io/me/", "TAG=v1", gpus_listed=True)
+    assert "--build-arg TENSORFLOW=cpu -t ghcr.io/me/digit-recognizer-train:v1 ." in laptop
+    assert "-t ghcr.io/me/digit-recognizer-serve:v1 ." in laptop
+
+
+def test_the_venvs_tensorflow_and_the_images_are_chosen_apart(project_copy):
+    install = make_dry_run(project_copy, "install", "TRAIN_IMAGE=cpu", gpus_listed=True)
+    assert "'.[pipeline,gpu,serve,test]'" in install  # the machine's GPU decides the venv, not the image's setting
+    images = make_dry_run(project_copy, "images", "GPU=0", gpus_listed=False)
+    assert "--build-arg TENSORFLOW=gpu" in images
+
+
+def test_a_training_image_of_another_kind_is_refused(project_copy):
+    result = subprocess.run(["make", "-s", "images", "TRAIN_IMAGE=rocm"], cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stdout.strip() == "error: TRAIN_IMAGE=rocm: expected gpu or cpu"
+
+
+def test_push_sends_both_images_to_the_prefix(project_copy):
+    commands = make_dry_run(project_copy, "push", "IMAGE_PREFIX=registry.example/team/", "TAG=v2", gpus_listed=False)
+    builds = commands.index("docker build -f Dockerfile.serve")
+    assert commands.index("docker push registry.example/team/digit-recognizer-train:v2") > builds
+    assert "docker push registry.example/team/digit-recognizer-serve:v2" in commands
+
+
+def test_push_without_a_prefix_says_so_before_building(project_copy):
+    result = subprocess.run(["make", "-s", "push"], cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stdout.strip().startswith("error: set IMAGE_PREFIX to the registry to push to")
+    assert "docker build" not in result.stdout + result.stderr
+
+
+def test_make_test_lints_and_checks_the_formatting_before_the_tests(project_copy):
+    (project_copy / ".venv" / ".installed-cpu").touch()
+    commands = make_dry_run(project_copy, "test", "GPU=0", gpus_listed=False).splitlines()
+    assert commands == [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/python -m pytest"]
