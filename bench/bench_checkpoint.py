@@ -14,11 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
-import components.train as train_module
 from components.artifacts import load_arrays
+from components.augmentation import training_dataset
+from components.checkpoints import CHECKPOINT_FILE, TrainingCheckpoint
 from components.cli import signature_defaults
 from components.preprocess import preprocess
+from components.train import train
 
 
 def main(argv=None):
@@ -27,31 +28,31 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2, help="epochs to train and checkpoint")
     parser.add_argument("--results", default="bench/results/checkpoint.json")
     args = parser.parse_args(argv)
-    defaults = signature_defaults(train_module.train)
+    defaults = signature_defaults(train)
     write_seconds = []
-    timed_write = train_module.TrainingCheckpoint.on_epoch_end
+    timed_write = TrainingCheckpoint.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):
         started = time.perf_counter()
         timed_write(self, epoch, logs)
         write_seconds.append(time.perf_counter() - started)
 
-    train_module.TrainingCheckpoint.on_epoch_end = on_epoch_end
+    TrainingCheckpoint.on_epoch_end = on_epoch_end
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         arrays = {name: folder / f"{name}.npz" for name in ("train", "validation", "test")}
         preprocess(Path(args.data) / "train.csv", Path(args.data) / "test.csv", arrays["train"], arrays["validation"], arrays["test"])
-        history = train_module.train(arrays["train"], arrays["validation"], folder / "model", folder / "history.json",
-                                     epochs=args.epochs, checkpoint_dir=folder / "checkpoints")
+        history = train(arrays["train"], arrays["validation"], folder / "model", folder / "history.json",
+                        epochs=args.epochs, checkpoint_dir=folder / "checkpoints")
         epoch_seconds = history["members"][0]["seconds"]
-        checkpoint_bytes = (folder / "checkpoints" / train_module.CHECKPOINT_FILE.format(round=0, member=0)).stat().st_size
+        checkpoint_bytes = (folder / "checkpoints" / CHECKPOINT_FILE.format(round=0, member=0)).stat().st_size
         images, labels = load_arrays(arrays["train"], "images", "labels")
         steps_per_epoch = len(images) // defaults["batch_size"]
         skip_seconds = {}
         for finished_epochs in (1, defaults["epochs"] - 1):
             started = time.perf_counter()
-            dataset = train_module.training_dataset(images, labels, defaults["batch_size"], defaults["epochs"], defaults["seed"],
-                                                    defaults["augment"], first_step=finished_epochs * steps_per_epoch)
+            dataset = training_dataset(images, labels, defaults["batch_size"], defaults["epochs"], defaults["seed"],
+                                       defaults["augment"], first_step=finished_epochs * steps_per_epoch)
             next(iter(dataset))
             skip_seconds[finished_epochs] = time.perf_counter() - started
     # The epoch's own seconds (EpochTimer) end before the checkpoint is written: the share is of epoch + write.

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
 from components.kaggle_csv import read_csv
-from components.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
 from components.preprocess import as_images
 from components.score import score
 

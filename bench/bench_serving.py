@@ -24,8 +24,8 @@ import httpx
 import numpy as np
 import orjson
 
+from common.onnx_model import load_session, predict
 from components.kaggle_csv import read_csv
-from components.onnx_model import load_session, predict
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = """

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import keras
 
+from components.augmentation import training_dataset
 from components.kaggle_csv import read_csv
+from components.networks import build_model
 from components.preprocess import as_images
-from components.train import build_model, training_dataset
 
 # name: (network, dtype policy, batch size, augmentation, XLA compilation, steps per execution)
 VARIANTS = {

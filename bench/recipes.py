@@ -29,12 +29,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import components.train
+import components.augmentation
+from common.kaggle_format import SUBMISSION_HEADER
 from components.artifacts import load_arrays
+from components.augmentation import training_dataset
 from components.export import inference_function, tensorflow_probabilities
-from components.kaggle_format import SUBMISSION_HEADER
+from components.networks import build_model
 from components.preprocess import preprocess
-from components.train import MODEL_FILE, build_model, load_models, train, training_dataset
+from components.train import MODEL_FILE, load_models, train
 
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
@@ -124,12 +126,12 @@ def train_recipe(name, seed, train_csv, test_csv):
         options["pseudo_label_data"] = arrays["test"]
     fit = train_snapshots if "snapshots" in options else train
     # Other strengths of the affine transform than train's (it has no parameters for them): its defaults swapped here.
-    affine = components.train.random_affine
-    components.train.random_affine = functools.partial(affine, **options.pop("affine", {}))
+    affine = components.augmentation.random_affine
+    components.augmentation.random_affine = functools.partial(affine, **options.pop("affine", {}))
     try:
         history = fit(arrays["train"], arrays["validation"], run / "model", run / "history.json", seed=seed, **options)
     finally:
-        components.train.random_affine = affine
+        components.augmentation.random_affine = affine
     seconds = time.perf_counter() - started
     (test_images,) = load_arrays(arrays["test"], "images")
     validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class InputError(ValueError):
-    """Bad input: the message names the file, row, column or field at fault."""
+from common.errors import InputError
 
 
 @contextlib.contextmanager

@@ -12,16 +12,20 @@ canary traffic) with a JSON merge patch, so the first deploy's settings and any 
 in a cluster, the kubeconfig outside (KUBECONFIG, ~/.kube/config). The account needs get, create
 and patch on inferenceservices (deploy/kserve/rbac.yaml).
 """
-import argparse
 import contextlib
 import json
 import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from components.artifacts import InputError, save_json
-from components.cli import run_cli, signature_defaults
+from common.errors import InputError
+from components.artifacts import save_json
+from components.cli import command_line
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 GROUP, VERSION, PLURAL, KIND = "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 RESOURCE = f"{PLURAL}.{GROUP}"
@@ -149,15 +153,45 @@ def default_namespace():
         return "default"
 
 
-def deploy(name, storage_uri, namespace="", image=SERVE_IMAGE, canary_traffic_percent=100, min_replicas=1,
-           max_replicas=3, service_account="", cpu="1", memory="1Gi", timeout=600.0, poll_seconds=2.0,
-           result_json=None, api_client=None):
-    """Create the InferenceService `name` serving `storage_uri`, or update it; wait until Ready; return its URL and more.
+def deploy(
+    name: str,
+    storage_uri: str,
+    namespace: str = "",
+    image: str = SERVE_IMAGE,
+    canary_traffic_percent: int = 100,
+    min_replicas: int = 1,
+    max_replicas: int = 3,
+    service_account: str = "",
+    cpu: str = "1",
+    memory: str = "1Gi",
+    timeout: float = 600.0,
+    poll_seconds: float = 2.0,
+    result_json: str | Path | None = None,
+    api_client: "ApiClient | None" = None,
+) -> dict:
+    """Create the InferenceService `name` serving `storage_uri`, or update it; wait until Ready; return its URL and
+    more.
 
     `canary_traffic_percent` below 100 sends that share of traffic to the new model on an update
     (KServe keeps the rest on the previous one). Replicas, the service account, CPU and memory
     are set on creation only. Raises DeployError, one line, when the server refuses or the service is not
     Ready within `timeout` seconds.
+
+    Args:
+        name: the InferenceService's name
+        storage_uri: where the model is (s3://, gs://, pvc://, https://; KFP's minio:// is read as s3://)
+        namespace: namespace (default: the pod's own in a cluster, else the kubeconfig context's)
+        image: the serve image
+        canary_traffic_percent: on an update, the new model's share of traffic (100: no canary)
+        min_replicas: on creation: the fewest replicas
+        max_replicas: on creation: the most replicas
+        service_account: on creation: the predictor's service account, whose secrets read the storage URI
+        cpu: on creation: CPU request and limit
+        memory: on creation: memory request and limit
+        timeout: seconds to wait for Ready
+        poll_seconds: seconds between status checks
+        result_json: write the result (URL, action, generation) as JSON here
+        api_client: the Kubernetes client to use (default: the pod's service account, else the kubeconfig)
     """
     check_name(name)
     if not 0 <= canary_traffic_percent <= 100:
@@ -296,22 +330,7 @@ def api_errors(api_client, namespace, name):
 
 
 def main(argv=None):
-    defaults = signature_defaults(deploy)
-    parser = argparse.ArgumentParser(prog="python -m components.deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="the InferenceService's name")
-    parser.add_argument("--storage-uri", required=True, help="where the model is (s3://, gs://, pvc://, https://; KFP's minio:// is read as s3://)")
-    parser.add_argument("--namespace", default=defaults["namespace"], help="namespace (default: the pod's own in a cluster, else the kubeconfig context's)")
-    parser.add_argument("--image", default=defaults["image"], help="the serve image (default: %(default)s)")
-    parser.add_argument("--canary-traffic-percent", type=int, default=defaults["canary_traffic_percent"], help="on an update, the new model's share of traffic (default: %(default)s, no canary)")
-    parser.add_argument("--min-replicas", type=int, default=defaults["min_replicas"], help="on creation (default: %(default)s)")
-    parser.add_argument("--max-replicas", type=int, default=defaults["max_replicas"], help="on creation (default: %(default)s)")
-    parser.add_argument("--service-account", default=defaults["service_account"], help="on creation: the predictor's service account, whose secrets read the storage URI")
-    parser.add_argument("--cpu", default=defaults["cpu"], help="on creation: CPU request and limit (default: %(default)s)")
-    parser.add_argument("--memory", default=defaults["memory"], help="on creation: memory request and limit (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=defaults["timeout"], help="seconds to wait for Ready (default: %(default)s)")
-    parser.add_argument("--poll-seconds", type=float, default=defaults["poll_seconds"], help="seconds between status checks (default: %(default)s)")
-    parser.add_argument("--result", dest="result_json", help="write the result (URL, action, generation) as JSON here")
-    result = run_cli(deploy, vars(parser.parse_args(argv)))
+    result = command_line(deploy, argv, aliases={"result_json": "--result"}, exclude=("api_client",))
     print(f"{result['action']} {KIND} {result['namespace']}/{result['name']}: Ready at {result['url']}")
 
 

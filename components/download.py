@@ -5,7 +5,6 @@
 Credentials come from KAGGLE_USERNAME and KAGGLE_KEY (on a cluster, from a Kubernetes secret),
 KAGGLE_API_TOKEN, or ~/.kaggle/kaggle.json; you must have accepted the competition's rules.
 """
-import argparse
 import os
 import shutil
 import subprocess
@@ -14,8 +13,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from components.artifacts import InputError, atomic_path
-from components.cli import run_cli, signature_defaults
+from common.errors import InputError
+from components.artifacts import atomic_path
+from components.cli import run_cli, step_parser
 from components.kaggle_csv import check_header
 
 COMPETITION = "digit-recognizer"
@@ -45,8 +45,14 @@ def kaggle_cli():
     return found
 
 
-def download(train_csv, test_csv, competition=COMPETITION):
-    """Download the competition's files, check their headers, and move them to `train_csv` and `test_csv`."""
+def download(train_csv: str | Path, test_csv: str | Path, competition: str = COMPETITION) -> dict:
+    """Download the competition's files, check their headers, and move them to `train_csv` and `test_csv`.
+
+    Args:
+        train_csv: where to write train.csv
+        test_csv: where to write test.csv
+        competition: the competition's name on Kaggle
+    """
     if not has_credentials():
         raise InputError(NO_CREDENTIALS)
     kaggle = kaggle_cli()
@@ -75,13 +81,12 @@ def download(train_csv, test_csv, competition=COMPETITION):
 
 
 def main(argv=None):
-    defaults = signature_defaults(download)
-    parser = argparse.ArgumentParser(prog="python -m components.download", description=__doc__.splitlines()[0])
+    # One folder on the command line for both files, which the pipeline hands on one by one.
+    parser = step_parser(download, exclude=("train_csv", "test_csv"))
     parser.add_argument("--out", required=True, help="folder for train.csv and test.csv")
-    parser.add_argument("--competition", default=defaults["competition"], help="the competition's name on Kaggle (default: %(default)s)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    run_cli(download, dict(train_csv=out / "train.csv", test_csv=out / "test.csv", competition=args.competition))
+    arguments = vars(parser.parse_args(argv))
+    out = Path(arguments.pop("out"))
+    run_cli(download, dict(arguments, train_csv=out / "train.csv", test_csv=out / "test.csv"))
     print(f"downloaded train.csv and test.csv to {out}")
 
 

@@ -1,15 +1,16 @@
 """Evaluate: accuracy, loss, per-class precision and recall and the confusion matrix of the ONNX model on the validation set.
 
-    python -m components.evaluate --onnx-model work/model.onnx \
+    python -m components.evaluate --onnx-model work/model.onnx --int8-model work/model.int8.onnx \
         --validation-data work/validation.npz --metrics work/metrics.json
 """
-import argparse
+from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import InputError, load_arrays, save_json
-from components.cli import run_cli
-from components.onnx_model import load_session, predict
+from common.errors import InputError
+from common.onnx_model import load_session, predict
+from components.artifacts import load_arrays, save_json
+from components.cli import command_line
 from components.plots import confusion_matrix
 
 
@@ -39,11 +40,25 @@ def classification_metrics(labels, probabilities):
     }
 
 
-def evaluate(onnx_model, int8_model, validation_data, metrics_json, confusion_matrix_png=None):
-    """Score the validation set with the exported fp32 and int8 models; write the metrics (JSON) and optionally the confusion matrix plot.
+def evaluate(
+    onnx_model: str | Path,
+    int8_model: str | Path,
+    validation_data: str | Path,
+    metrics_json: str | Path,
+    confusion_matrix_png: str | Path | None = None,
+) -> dict:
+    """Score the validation set with the exported fp32 and int8 models; write the metrics (JSON) and optionally the
+    confusion matrix plot.
 
     The top-level figures are the fp32 model's; `int8` holds the int8 model's accuracy and loss, and
     how often its labels agree with fp32's.
+
+    Args:
+        onnx_model: model.onnx from export
+        int8_model: model.int8.onnx from export
+        validation_data: validation.npz from preprocess
+        metrics_json: where to write metrics.json
+        confusion_matrix_png: where to write the confusion matrix as PNG (optional)
     """
     images, labels = load_arrays(validation_data, "images", "labels")
     probabilities, _ = predict(load_session(onnx_model), images)
@@ -61,21 +76,21 @@ def evaluate(onnx_model, int8_model, validation_data, metrics_json, confusion_ma
     return metrics
 
 
-def require_accuracy(accuracy, accuracy_threshold):
-    """The pipeline's gate: refuse a model whose validation accuracy is below the threshold."""
+def require_accuracy(accuracy: float, accuracy_threshold: float) -> None:
+    """The pipeline's gate: refuse a model whose validation accuracy is below the threshold.
+
+    Args:
+        accuracy: the model's validation accuracy, from evaluate
+        accuracy_threshold: the least accuracy a model is scored and published with
+    """
     if accuracy < accuracy_threshold:
         raise InputError(f"validation accuracy {accuracy:.4%} is below accuracy_threshold {accuracy_threshold:.4%}: "
                          "the model is not scored or published")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-model", required=True, help="model.onnx from export")
-    parser.add_argument("--int8-model", required=True, help="model.int8.onnx from export")
-    parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess")
-    parser.add_argument("--metrics", dest="metrics_json", required=True, help="where to write metrics.json")
-    parser.add_argument("--confusion-matrix", dest="confusion_matrix_png", help="where to write the confusion matrix as PNG (optional)")
-    metrics = run_cli(evaluate, vars(parser.parse_args(argv)))
+    metrics = command_line(evaluate, argv,
+                           aliases={"metrics_json": "--metrics", "confusion_matrix_png": "--confusion-matrix"})
     print(f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), "
           f"loss {metrics['loss']:.4f}; int8 model {metrics['int8']['accuracy']:.4f}")
 

@@ -3,7 +3,6 @@
     python -m components.export --model-dir work/model --train-data work/train.npz \
         --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
 """
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -13,10 +12,12 @@ import tf2onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from components.artifacts import InputError, atomic_path, load_arrays
-from components.cli import run_cli, signature_defaults
-from components.kaggle_format import IMAGE_SIZE
-from components.onnx_model import INPUT_NAME, load_session, predict
+from common.errors import InputError
+from common.kaggle_format import IMAGE_SIZE
+from common.onnx_model import INPUT_NAME, load_session, predict
+from components import progress
+from components.artifacts import atomic_path, load_arrays
+from components.cli import command_line
 from components.train import load_models
 
 
@@ -91,13 +92,33 @@ def quantize(onnx_model, calibration_images, int8_model, quant_format="QDQ"):
         )
 
 
-def export(model_dir, train_data, validation_data, onnx_model, int8_model, tta=False, tolerance=0.0001,
-           calibration_images=1024, opset=17):
+def export(
+    model_dir: str | Path,
+    train_data: str | Path,
+    validation_data: str | Path,
+    onnx_model: str | Path,
+    int8_model: str | Path,
+    tta: bool = False,
+    tolerance: float = 0.0001,
+    calibration_images: int = 1024,
+    opset: int = 17,
+) -> dict:
     """Write `onnx_model` only if it matches TensorFlow on every validation image, then its int8 twin.
 
     All the members in `model_dir` are averaged inside the one graph; `tta` also averages each image
     with its four one-pixel shifts. Either way scoring and serving make one model call.
     Returns the parity figures and how often the int8 model's labels agree with the fp32 model's.
+
+    Args:
+        model_dir: the trained model's folder, from train
+        train_data: train.npz from preprocess: int8 calibration images
+        validation_data: validation.npz from preprocess: the parity check's images
+        onnx_model: where to write model.onnx (fp32)
+        int8_model: where to write the int8 model (model.int8.onnx)
+        tta: average each image with its four one-pixel shifts, inside the graph
+        tolerance: largest allowed probability difference
+        calibration_images: training images that calibrate int8 activations
+        opset: ONNX opset
     """
     models = load_models(model_dir)
     function = inference_function(models, tta)
@@ -105,9 +126,9 @@ def export(model_dir, train_data, validation_data, onnx_model, int8_model, tta=F
     with atomic_path(onnx_model) as temporary:
         temporary.write_bytes(to_onnx(function, opset).SerializeToString())
         max_difference, label_mismatches = parity(function, load_session(temporary), images)
-        print(f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
-              f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
-              f"{label_mismatches} differing labels", flush=True)
+        progress.say(f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
+                     f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
+                     f"{label_mismatches} differing labels")
         if max_difference >= tolerance or label_mismatches:
             raise InputError(
                 f"{model_dir}: the ONNX model disagrees with TensorFlow (max probability difference "
@@ -118,24 +139,13 @@ def export(model_dir, train_data, validation_data, onnx_model, int8_model, tta=F
     _, fp32_labels = predict(load_session(onnx_model), images)
     _, int8_labels = predict(load_session(int8_model), images)
     agreement = float((fp32_labels == int8_labels).mean())
-    print(f"int8 model agrees with fp32 on {agreement:.2%} of validation labels", flush=True)
+    progress.figure(f"int8 model agrees with fp32 on {agreement:.2%} of validation labels")
     return {"max_probability_difference": max_difference, "label_mismatches": label_mismatches,
             "parity_images": len(images), "int8_label_agreement": agreement}
 
 
 def main(argv=None):
-    defaults = signature_defaults(export)
-    parser = argparse.ArgumentParser(prog="python -m components.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True, help="the trained model's folder, from train")
-    parser.add_argument("--train-data", required=True, help="train.npz from preprocess: int8 calibration images")
-    parser.add_argument("--validation-data", required=True, help="validation.npz from preprocess: the parity check's images")
-    parser.add_argument("--onnx-model", required=True, help="where to write model.onnx (fp32)")
-    parser.add_argument("--int8-model", required=True, help="where to write the int8 model (model.int8.onnx)")
-    parser.add_argument("--tta", action="store_true", help="average each image with its four one-pixel shifts, inside the graph")
-    parser.add_argument("--tolerance", type=float, default=defaults["tolerance"], help="largest allowed probability difference (default: %(default)s)")
-    parser.add_argument("--calibration-images", type=int, default=defaults["calibration_images"], help="training images that calibrate int8 activations (default: %(default)s)")
-    parser.add_argument("--opset", type=int, default=defaults["opset"], help="ONNX opset (default: %(default)s)")
-    print(run_cli(export, vars(parser.parse_args(argv))))
+    print(command_line(export, argv))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.artifacts import InputError
-from components.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
+from common.errors import InputError
+from common.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
 
 
 def expected_header(labelled):

@@ -3,14 +3,15 @@
     python -m components.preprocess --train-csv data/digit-recognizer/train.csv \
         --test-csv data/digit-recognizer/test.csv --out-dir work/
 """
-import argparse
+from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import InputError, save_arrays
-from components.cli import run_cli, signature_defaults
+from common.errors import InputError
+from common.kaggle_format import IMAGE_SIZE
+from components.artifacts import save_arrays
+from components.cli import run_cli, step_parser
 from components.kaggle_csv import read_csv
-from components.kaggle_format import IMAGE_SIZE
 
 
 def stratified_split(labels, validation_fraction=0.1, seed=42):
@@ -43,10 +44,27 @@ def as_images(pixels):
     return pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
-def preprocess(train_csv, test_csv, train_data, validation_data, test_data, validation_fraction=0.1, seed=42):
+def preprocess(
+    train_csv: str | Path,
+    test_csv: str | Path,
+    train_data: str | Path,
+    validation_data: str | Path,
+    test_data: str | Path,
+    validation_fraction: float = 0.1,
+    seed: int = 42,
+) -> dict:
     """Read and check both CSVs, then write `images`/`labels` arrays for training, validation and test.
 
     Returns a summary (row counts) for logs and metadata.
+
+    Args:
+        train_csv: Kaggle's train.csv (label,pixel0..pixel783)
+        test_csv: Kaggle's test.csv (pixel0..pixel783)
+        train_data: where to write train.npz
+        validation_data: where to write validation.npz
+        test_data: where to write test.npz
+        validation_fraction: share of train.csv held out, stratified by digit
+        seed: seed of the split
     """
     labels, pixels = read_csv(train_csv, labelled=True)
     _, test_pixels = read_csv(test_csv, labelled=False)
@@ -61,21 +79,13 @@ def preprocess(train_csv, test_csv, train_data, validation_data, test_data, vali
 
 
 def main(argv=None):
-    defaults = signature_defaults(preprocess)
-    parser = argparse.ArgumentParser(prog="python -m components.preprocess", description=__doc__.splitlines()[0])
-    parser.add_argument("--train-csv", required=True, help="Kaggle's train.csv (label,pixel0..pixel783)")
-    parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv (pixel0..pixel783)")
+    # One folder on the command line for the three arrays, which the pipeline hands on one by one.
+    outputs = {"train_data": "train.npz", "validation_data": "validation.npz", "test_data": "test.npz"}
+    parser = step_parser(preprocess, exclude=tuple(outputs))
     parser.add_argument("--out-dir", required=True, help="folder for train.npz, validation.npz and test.npz")
-    parser.add_argument("--validation-fraction", type=float, default=defaults["validation_fraction"], help="share of train.csv held out, stratified by digit (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults["seed"], help="seed of the split (default: %(default)s)")
-    args = parser.parse_args(argv)
-    summary = run_cli(preprocess, dict(
-        train_csv=args.train_csv, test_csv=args.test_csv,
-        train_data=f"{args.out_dir}/train.npz", validation_data=f"{args.out_dir}/validation.npz",
-        test_data=f"{args.out_dir}/test.npz",
-        validation_fraction=args.validation_fraction, seed=args.seed,
-    ))
-    print(summary)
+    arguments = vars(parser.parse_args(argv))
+    out_dir = arguments.pop("out_dir")
+    print(run_cli(preprocess, dict(arguments, **{name: f"{out_dir}/{file}" for name, file in outputs.items()})))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,17 @@
     python -m components.report --history work/model/history.json --metrics work/metrics.json \
         --submission work/submission.csv --test-csv data/digit-recognizer/test.csv --report work/report.html
 """
-import argparse
 import base64
 import html
 import tempfile
 from itertools import islice
 from pathlib import Path
 
-from components.artifacts import InputError, atomic_path, load_json
-from components.cli import run_cli, signature_defaults
+from common.errors import InputError
+from common.kaggle_format import SUBMISSION_HEADER
+from components.artifacts import atomic_path, load_json
+from components.cli import command_line
 from components.kaggle_csv import iter_csv
-from components.kaggle_format import SUBMISSION_HEADER
 from components.plots import confusion_matrix, digit_grid, training_curves
 from components.preprocess import as_images
 
@@ -29,12 +29,31 @@ def first_labels(submission, count):
         raise InputError(f"{submission}: file not found") from None
 
 
-def report(history, metrics_json, submission, test_csv, report_html, test_samples_png=None, sample_count=40, service_url=""):
+def report(
+    history: str | Path,
+    metrics_json: str | Path,
+    submission: str | Path,
+    test_csv: str | Path,
+    report_html: str | Path,
+    test_samples_png: str | Path | None = None,
+    sample_count: int = 40,
+    service_url: str = "",
+) -> dict:
     """Write the run's report as one HTML file (images inline, so the KFP UI shows it as it is).
 
     The sample grid shows the first `sample_count` test digits with their submitted labels; with
     `test_samples_png` it is also written there; `service_url` is where the deploy step serves the
     model. Returns the figures the report shows.
+
+    Args:
+        history: history.json from train
+        metrics_json: metrics.json from evaluate
+        submission: submission.csv from score
+        test_csv: Kaggle's test.csv: the digits of the sample grid
+        report_html: where to write report.html
+        test_samples_png: where to write the sample grid as PNG too (optional)
+        sample_count: test digits in the grid
+        service_url: where the model is served, shown in the report (optional)
     """
     history, metrics = load_json(history, "history.json from train"), load_json(metrics_json, "metrics.json from evaluate")
     labels = first_labels(submission, sample_count)
@@ -79,17 +98,8 @@ img{{max-width:100%}}</style></head><body>
 
 
 def main(argv=None):
-    defaults = signature_defaults(report)
-    parser = argparse.ArgumentParser(prog="python -m components.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--history", required=True, help="history.json from train")
-    parser.add_argument("--metrics", dest="metrics_json", required=True, help="metrics.json from evaluate")
-    parser.add_argument("--submission", required=True, help="submission.csv from score")
-    parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv: the digits of the sample grid")
-    parser.add_argument("--report", dest="report_html", required=True, help="where to write report.html")
-    parser.add_argument("--samples", dest="test_samples_png", help="where to write the sample grid as PNG too (optional)")
-    parser.add_argument("--sample-count", type=int, default=defaults["sample_count"], help="test digits in the grid (default: %(default)s)")
-    parser.add_argument("--service-url", default=defaults["service_url"], help="where the model is served, shown in the report (optional)")
-    run_cli(report, vars(parser.parse_args(argv)))
+    command_line(report, argv, aliases={"metrics_json": "--metrics", "report_html": "--report",
+                                        "test_samples_png": "--samples"})
 
 
 if __name__ == "__main__":

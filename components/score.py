@@ -3,17 +3,18 @@
     python -m components.score --onnx-model work/model.onnx \
         --test-csv data/digit-recognizer/test.csv --submission work/submission.csv
 """
-import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
-from components.artifacts import InputError, atomic_path
-from components.cli import run_cli, signature_defaults
+from common.errors import InputError
+from common.kaggle_format import SUBMISSION_HEADER
+from common.onnx_model import load_session, predict
+from components.artifacts import atomic_path
+from components.cli import command_line
 from components.kaggle_csv import iter_csv
-from components.kaggle_format import SUBMISSION_HEADER
-from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 
 READ_ROWS = 8192  # rows parsed at a time: big enough that pandas' per-chunk cost vanishes, 6 MB of pixels
@@ -28,12 +29,27 @@ def prefetched(iterator):
             yield item
 
 
-def score(onnx_model, test_csv, submission, start_row=0, stop_row=None, batch_size=1024):
+def score(
+    onnx_model: str | Path,
+    test_csv: str | Path,
+    submission: str | Path,
+    start_row: int = 0,
+    stop_row: int | None = None,
+    batch_size: int = 1024,
+) -> dict:
     """Write `ImageId,Label` for rows `start_row` up to `stop_row` of test.csv (all by default), in order.
 
     ImageId counts from 1 at the file's first row, so shards of one file join into Kaggle's
     submission. Memory stays at two chunks of rows: the next chunk is parsed while onnxruntime
     scores this one. Returns the row count and the throughput.
+
+    Args:
+        onnx_model: model.onnx from export
+        test_csv: Kaggle's test.csv (pixel0..pixel783)
+        submission: where to write submission.csv
+        start_row: first row to score, from 0
+        stop_row: score up to this row, exclusive (default: the end)
+        batch_size: images per onnxruntime call
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -69,11 +85,15 @@ def row_ranges(test_csv, start_row, stop_row):
         first_row = last_row
 
 
-def shard_plan(test_csv, shards):
+def shard_plan(test_csv: str | Path, shards: int) -> list[dict]:
     """Split test.csv's rows into `shards` contiguous ranges of nearly equal size (fewer if rows are fewer).
 
     Reading the whole file here also checks it before any scoring starts.
     Returns [{"start_row": ..., "stop_row": ...}, ...].
+
+    Args:
+        test_csv: Kaggle's test.csv (pixel0..pixel783)
+        shards: how many ranges to cut it into
     """
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
@@ -82,8 +102,15 @@ def shard_plan(test_csv, shards):
     return [{"start_row": start, "stop_row": stop} for start, stop in zip(bounds, bounds[1:])]
 
 
-def join_submissions(shard_submissions, submission):
-    """Concatenate shard submissions, in order, into one submission.csv; ImageIds must run 1, 2, ... without gaps."""
+def join_submissions(shard_submissions: list[str | Path], submission: str | Path) -> int:
+    """Concatenate shard submissions, in order, into one submission.csv; ImageIds must run 1, 2, ... without gaps.
+
+    Returns the number of rows.
+
+    Args:
+        shard_submissions: the shards' submission.csv files, from score, in the order of their rows
+        submission: where to write the joined submission.csv
+    """
     next_image_id = 1
     with atomic_path(submission) as temporary, open(temporary, "w", newline="") as output:
         output.write(SUBMISSION_HEADER + "\n")
@@ -102,15 +129,7 @@ def join_submissions(shard_submissions, submission):
 
 
 def main(argv=None):
-    defaults = signature_defaults(score)
-    parser = argparse.ArgumentParser(prog="python -m components.score", description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-model", required=True, help="model.onnx from export")
-    parser.add_argument("--test-csv", required=True, help="Kaggle's test.csv (pixel0..pixel783)")
-    parser.add_argument("--submission", required=True, help="where to write submission.csv")
-    parser.add_argument("--start-row", type=int, default=defaults["start_row"], help="first row to score, from 0 (default: %(default)s)")
-    parser.add_argument("--stop-row", type=int, default=defaults["stop_row"], help="score up to this row, exclusive (default: the end)")
-    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="images per onnxruntime call (default: %(default)s)")
-    summary = run_cli(score, vars(parser.parse_args(argv)))
+    summary = command_line(score, argv)
     print(f"scored {summary['rows']} rows in {summary['seconds']:.1f} s ({summary['images_per_second']:.0f} images/s)")
 
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import orjson
 
-from components.onnx_model import INPUT_NAME
+from common.onnx_model import INPUT_NAME
 from serving.errors import BadRequest
 
 DATATYPES = {

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from components.artifacts import InputError, atomic_path, load_arrays, load_json, save_arrays, save_json
+from common.errors import InputError
+from components.artifacts import atomic_path, load_arrays, load_json, save_arrays, save_json
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -11,8 +11,19 @@ import time
 import pytest
 import yaml
 
-from components.deploy import (CONTAINER, GROUP, PLURAL, RBAC_VERBS, STORAGE_URI_ENV, VERSION, DeployError, deploy,
-                               inference_service, kserve_storage_uri, latest_revision)
+from components.deploy import (
+    CONTAINER,
+    GROUP,
+    PLURAL,
+    RBAC_VERBS,
+    STORAGE_URI_ENV,
+    VERSION,
+    DeployError,
+    deploy,
+    inference_service,
+    kserve_storage_uri,
+    latest_revision,
+)
 from tests.conftest import ROOT, run_module
 
 MODEL_V1, MODEL_V2 = "s3://models/digit-recognizer/run-1/onnx_model", "s3://models/digit-recognizer/run-2/onnx_model"

@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from components.artifacts import InputError
+from common.errors import InputError
 from components.download import download
 from tests.conftest import run_module
 

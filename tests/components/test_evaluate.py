@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from components.artifacts import InputError
+from common.errors import InputError
 from components.evaluate import classification_metrics, evaluate, require_accuracy
 from tests.conftest import run_module
 

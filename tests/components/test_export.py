@@ -3,9 +3,10 @@ import onnx
 import pytest
 import tensorflow as tf
 
-from components.artifacts import InputError, load_arrays
+from common.errors import InputError
+from common.onnx_model import load_session, predict
+from components.artifacts import load_arrays
 from components.export import export, shifted_views
-from components.onnx_model import load_session, predict
 from components.train import load_models, train
 
 

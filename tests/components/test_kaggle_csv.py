@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.artifacts import InputError
+from common.errors import InputError
+from common.kaggle_format import TEST_HEADER, TRAIN_HEADER
 from components.kaggle_csv import iter_csv, read_csv
-from components.kaggle_format import TEST_HEADER, TRAIN_HEADER
 
 
 def write_rows(path, header, rows, newline="\n", bom=False):

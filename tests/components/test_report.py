@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from components.artifacts import InputError
+from common.errors import InputError
 from components.report import report
 from components.score import score
 from tests.conftest import run_module

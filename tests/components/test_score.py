@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.artifacts import InputError
+from common.errors import InputError
+from common.onnx_model import load_session, predict
 from components.kaggle_csv import read_csv
-from components.onnx_model import load_session, predict
 from components.preprocess import as_images
 from components.score import join_submissions, score, shard_plan
 from tests.conftest import run_module

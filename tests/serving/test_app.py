@@ -7,7 +7,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from components.artifacts import InputError
+from common.errors import InputError
 from components.kaggle_csv import read_csv
 from tests.serving.conftest import wait_until_ready
 

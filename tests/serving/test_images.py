@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from common.onnx_model import load_session, predict
 from components.kaggle_csv import read_csv
-from components.onnx_model import load_session, predict
 from serving.errors import BadRequest
 from serving.images import image_to_pixels, mnist_like
 

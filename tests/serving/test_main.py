@@ -22,11 +22,13 @@ def free_port():
 
 
 @pytest.fixture
-def server(served_model, tmp_path):
+def server(served_model, tmp_path, request):
+    """The server on a free port, once ready; extra flags by indirect parametrization."""
     port = free_port()
     log = open(tmp_path / "server.log", "w+")  # a file, not a pipe: a full pipe would stall the server
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model", str(served_model), "--port", str(port), "--max-images", "2048"],
+        [sys.executable, "-m", "serving", "--model", str(served_model), "--port", str(port), "--max-images", "2048",
+         *getattr(request, "param", [])],
         cwd=ROOT, stderr=log, text=True,
     )
     process.log = tmp_path / "server.log"
@@ -111,6 +113,28 @@ def test_sigterm_lets_the_request_in_flight_finish(server):
     assert answers and answers[0].status_code == 200
     assert answers[0].json()["outputs"][1]["shape"] == [2048]
     assert process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+
+
+@pytest.mark.parametrize("server", [["--drain-seconds", "2"]], indirect=True)
+def test_sigterm_drains_reporting_not_ready_while_still_serving_then_exits(server, fixture_data):
+    url, process = server
+    pixels = np.loadtxt(fixture_data / "train.csv", delimiter=",", skiprows=1, dtype=int, max_rows=1)
+    body = {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": pixels[1:].tolist()}]}
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        while client.get("/v2/health/ready").status_code == 200:  # the signal handler runs between two requests
+            assert time.monotonic() - signalled < 1, "readiness did not turn false"
+        assert client.get("/v2/health/ready").json() == {"ready": False}
+        assert client.get("/v2/health/live").status_code == 200
+        answers = [client.post("/v2/models/digit-recognizer/infer", json=body) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200] * 3
+    assert answers[0].json()["outputs"][1]["data"] == [pixels[0]]
+    assert all(answer.headers["connection"] == "close" for answer in answers)  # clients reconnect elsewhere
+    assert process.wait(30) in (0, -signal.SIGTERM)
+    assert time.monotonic() - signalled > 1.5
+    assert '"event": "draining"' in process.log.read_text()
 
 
 def test_access_log_is_one_json_object_per_request(server):

@@ -1,4 +1,4 @@
-"""Kaggle's Digit Recognizer CSV format: columns, and what makes a value good (no pandas here: the server uses it too)."""
+"""Kaggle's Digit Recognizer CSV format: columns, and what makes a value good (no pandas: the server uses it too)."""
 import re
 
 IMAGE_SIZE = 28

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from components.artifacts import InputError
+from common.errors import InputError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("probabilities", "label")
