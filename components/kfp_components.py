@@ -3,8 +3,11 @@
 They live apart from the steps because KFP's executor loads a slimmed `kfp.dsl`
 (no `dsl.component`) inside the running container: a step module that used the
 decorator could not be imported there. The image is a setting, so `kfp_components(image)`
-makes the components for a given image.
+makes the components for a given image. Each wrapper announces its step with `components.progress` first
+(a score shard by its rows, `score:0-6999`), then its key figure and its end: the local runner's console
+reads those lines.
 """
+
 from typing import List
 
 from kfp import dsl
@@ -13,10 +16,14 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 
 def download_component(competition: str, train_csv: Output[Dataset], test_csv: Output[Dataset]):
     """Fetch the competition's CSVs with the Kaggle CLI (credentials in KAGGLE_USERNAME/KAGGLE_KEY, from a secret)."""
+    from components import progress
+
+    progress.start("download")
     from components.cli import run_cli
     from components.download import download
 
     run_cli(download, dict(train_csv=train_csv.path, test_csv=test_csv.path, competition=competition))
+    progress.done()
 
 
 def preprocess_component(
@@ -29,17 +36,31 @@ def preprocess_component(
     test_data: Output[Dataset],
 ):
     """Validate Kaggle's CSVs and write uint8 arrays: train, stratified validation, test."""
+    from components import progress
+
+    progress.start("preprocess")
     from components.cli import run_cli
     from components.preprocess import preprocess
 
-    summary = run_cli(preprocess, dict(
-        train_csv=train_csv.path, test_csv=test_csv.path, train_data=train_data.path,
-        validation_data=validation_data.path, test_data=test_data.path,
-        validation_fraction=validation_fraction, seed=seed,
-    ))
+    summary = run_cli(
+        preprocess,
+        dict(
+            train_csv=train_csv.path,
+            test_csv=test_csv.path,
+            train_data=train_data.path,
+            validation_data=validation_data.path,
+            test_data=test_data.path,
+            validation_fraction=validation_fraction,
+            seed=seed,
+        ),
+    )
     for artifact, rows in ((train_data, "train_rows"), (validation_data, "validation_rows"), (test_data, "test_rows")):
         artifact.metadata["rows"] = summary[rows]
-    print(f"{summary['train_rows']} training, {summary['validation_rows']} validation and {summary['test_rows']} test images")
+    progress.figure(
+        f"{summary['train_rows']} training, {summary['validation_rows']} validation and "
+        f"{summary['test_rows']} test images"
+    )
+    progress.done()
 
 
 def train_component(
@@ -69,30 +90,56 @@ def train_component(
     history: Output[Artifact],
     training_curves: Output[Artifact],
 ):
-    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the per-epoch history.
+    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the history.
 
     With `checkpoint_dir` (a local run's folder, or the volume a cluster mounts there, where each run has its
     `checkpoint_subfolder`), every epoch is saved, and a retried step goes on from the last one.
     """
+    from components import progress
+
+    progress.start("train")
     import os
 
     from components.cli import run_cli
     from components.train import train
 
-    result = run_cli(train, dict(
-        train_data=train_data.path, validation_data=validation_data.path, model_dir=model.path,
-        history_path=history.path, curves_png=training_curves.path, network=network, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience, seed=seed,
-        ensemble_size=ensemble_size, train_on_validation=train_on_validation, ema_momentum=ema_momentum,
-        pseudo_label_data=test_data.path if pseudo_labels else None,
-        pseudo_label_confidence=pseudo_label_confidence, mixed_precision=mixed_precision,
-        checkpoint_dir=os.path.join(checkpoint_dir, checkpoint_subfolder) if checkpoint_dir else None,
-    ))
+    result = run_cli(
+        train,
+        dict(
+            train_data=train_data.path,
+            validation_data=validation_data.path,
+            model_dir=model.path,
+            history_path=history.path,
+            curves_png=training_curves.path,
+            network=network,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_schedule=learning_rate_schedule,
+            weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            augment=augment,
+            elastic_alpha=elastic_alpha,
+            patience=patience,
+            seed=seed,
+            ensemble_size=ensemble_size,
+            train_on_validation=train_on_validation,
+            ema_momentum=ema_momentum,
+            pseudo_label_data=test_data.path if pseudo_labels else None,
+            pseudo_label_confidence=pseudo_label_confidence,
+            mixed_precision=mixed_precision,
+            checkpoint_dir=os.path.join(checkpoint_dir, checkpoint_subfolder) if checkpoint_dir else None,
+        ),
+    )
     members = result["members"]
-    model.metadata.update(framework="keras", members=len(members), pseudo_labels=result["pseudo_labels"],
-                          epochs_run=[len(member["val_accuracy"]) for member in members],
-                          best_validation_accuracy=[max(member["val_accuracy"]) for member in members])
+    model.metadata.update(
+        framework="keras",
+        members=len(members),
+        pseudo_labels=result["pseudo_labels"],
+        epochs_run=[len(member["val_accuracy"]) for member in members],
+        best_validation_accuracy=[max(member["val_accuracy"]) for member in members],
+    )
+    progress.done()
 
 
 def export_component(
@@ -105,16 +152,31 @@ def export_component(
     int8_model: Output[Model],
     parity_metrics: Output[Metrics],
 ):
-    """Convert the members to one ONNX model with tf2onnx; fail unless onnxruntime matches TensorFlow on the validation set; quantize to int8."""
+    """Convert the members to one ONNX model with tf2onnx; fail unless onnxruntime matches TensorFlow on the
+    validation set; quantize to int8."""
+    from components import progress
+
+    progress.start("export")
     from components.cli import run_cli
     from components.export import export
 
-    parity = run_cli(export, dict(model_dir=model.path, train_data=train_data.path, validation_data=validation_data.path,
-                                  onnx_model=onnx_model.path, int8_model=int8_model.path, tta=tta, tolerance=tolerance))
+    parity = run_cli(
+        export,
+        dict(
+            model_dir=model.path,
+            train_data=train_data.path,
+            validation_data=validation_data.path,
+            onnx_model=onnx_model.path,
+            int8_model=int8_model.path,
+            tta=tta,
+            tolerance=tolerance,
+        ),
+    )
     for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
         artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
     for name, value in parity.items():
         parity_metrics.log_metric(name, value)
+    progress.done()
 
 
 def evaluate_component(
@@ -126,12 +188,24 @@ def evaluate_component(
     metrics_json: Output[Artifact],
     confusion_matrix: Output[Artifact],
 ) -> float:
-    """Validation accuracy, loss, per-digit precision/recall and the confusion matrix of the ONNX model; returns the accuracy for the gate."""
+    """Validation accuracy, loss, per-digit precision/recall and the confusion matrix of the ONNX model; returns
+    the accuracy for the gate."""
+    from components import progress
+
+    progress.start("evaluate")
     from components.cli import run_cli
     from components.evaluate import evaluate
 
-    result = run_cli(evaluate, dict(onnx_model=onnx_model.path, int8_model=int8_model.path, validation_data=validation_data.path,
-                                    metrics_json=metrics_json.path, confusion_matrix_png=confusion_matrix.path))
+    result = run_cli(
+        evaluate,
+        dict(
+            onnx_model=onnx_model.path,
+            int8_model=int8_model.path,
+            validation_data=validation_data.path,
+            metrics_json=metrics_json.path,
+            confusion_matrix_png=confusion_matrix.path,
+        ),
+    )
     for name in ("accuracy", "loss", "errors", "images"):
         metrics.log_metric(name, result[name])
     metrics.log_metric("int8_accuracy", result["int8"]["accuracy"])
@@ -140,25 +214,37 @@ def evaluate_component(
         metrics.log_metric(f"precision_{digit}", scores["precision"])
         metrics.log_metric(f"recall_{digit}", scores["recall"])
     classification_metrics.log_confusion_matrix([str(digit) for digit in range(10)], result["confusion_matrix"])
-    print(f"validation accuracy {result['accuracy']:.4f} ({result['errors']} errors in {result['images']}), "
-          f"int8 model {result['int8']['accuracy']:.4f}")
+    progress.figure(
+        f"validation accuracy {result['accuracy']:.4f} ({result['errors']} errors in {result['images']}), "
+        f"int8 model {result['int8']['accuracy']:.4f}"
+    )
+    progress.done()
     return result["accuracy"]
 
 
 def reject_component(accuracy: float, accuracy_threshold: float):
     """The gate's other branch: fail the run, saying why the model is not scored or published."""
+    from components import progress
+
+    progress.start("reject")
     from components.cli import run_cli
     from components.evaluate import require_accuracy
 
     run_cli(require_accuracy, dict(accuracy=accuracy, accuracy_threshold=accuracy_threshold))
+    progress.done()
 
 
 def shard_plan_component(test_csv: Input[Dataset], shards: int) -> List[dict]:
     """Check test.csv and split its rows into contiguous ranges, one per scoring shard."""
+    from components import progress
+
+    progress.start("shard_plan")
     from components.cli import run_cli
     from components.score import shard_plan
 
-    return run_cli(shard_plan, dict(test_csv=test_csv.path, shards=shards))
+    plan = run_cli(shard_plan, dict(test_csv=test_csv.path, shards=shards))
+    progress.done()
+    return plan
 
 
 def score_component(
@@ -171,27 +257,48 @@ def score_component(
     submission: Output[Dataset],
     scoring_metrics: Output[Metrics],
 ):
-    """Rows start_row up to stop_row of test.csv scored in batches with onnxruntime (fp32 or int8 model): a shard of submission.csv."""
+    """Rows start_row up to stop_row of test.csv scored in batches with onnxruntime (fp32 or int8 model): a shard
+    of submission.csv."""
+    from components import progress
+
+    progress.start(f"score:{start_row}-{stop_row - 1}")
     from components.cli import run_cli
     from components.score import score
 
     model = int8_model if score_with_int8 else onnx_model
-    result = run_cli(score, dict(onnx_model=model.path, test_csv=test_csv.path, submission=submission.path,
-                                 start_row=start_row, stop_row=stop_row))
-    submission.metadata.update(result, model="int8" if score_with_int8 else "fp32", start_row=start_row, stop_row=stop_row)
-    print(f"scored {result['rows']} rows ({result['images_per_second']:.0f} images/s)")
+    result = run_cli(
+        score,
+        dict(
+            onnx_model=model.path,
+            test_csv=test_csv.path,
+            submission=submission.path,
+            start_row=start_row,
+            stop_row=stop_row,
+        ),
+    )
+    submission.metadata.update(
+        result, model="int8" if score_with_int8 else "fp32", start_row=start_row, stop_row=stop_row
+    )
     for name in ("rows", "seconds", "images_per_second"):
         scoring_metrics.log_metric(name, result[name])
+    progress.figure(f"scored {result['rows']} rows ({result['images_per_second']:.0f} images/s)")
+    progress.done()
 
 
 def join_component(shard_submissions: Input[List[Dataset]], submission: Output[Dataset]):
     """Join the shards, in order, into Kaggle's submission.csv."""
+    from components import progress
+
+    progress.start("join")
     from components.cli import run_cli
     from components.score import join_submissions
 
-    submission.metadata["rows"] = run_cli(join_submissions, dict(
-        shard_submissions=[shard.path for shard in shard_submissions], submission=submission.path))
-    print(f"joined {submission.metadata['rows']} rows into submission.csv")
+    submission.metadata["rows"] = run_cli(
+        join_submissions,
+        dict(shard_submissions=[shard.path for shard in shard_submissions], submission=submission.path),
+    )
+    progress.figure(f"joined {submission.metadata['rows']} rows into submission.csv")
+    progress.done()
 
 
 def report_component(
@@ -203,13 +310,27 @@ def report_component(
     test_samples: Output[Artifact],
     service_url: str = "",
 ):
-    """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits with predictions."""
+    """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits
+    with predictions."""
+    from components import progress
+
+    progress.start("report")
     from components.cli import run_cli
     from components.report import report as write_report
 
-    run_cli(write_report, dict(history=history.path, metrics_json=metrics_json.path, submission=submission.path,
-                               test_csv=test_csv.path, report_html=report.path, test_samples_png=test_samples.path,
-                               service_url=service_url))
+    run_cli(
+        write_report,
+        dict(
+            history=history.path,
+            metrics_json=metrics_json.path,
+            submission=submission.path,
+            test_csv=test_csv.path,
+            report_html=report.path,
+            test_samples_png=test_samples.path,
+            service_url=service_url,
+        ),
+    )
+    progress.done()
 
 
 def deploy_component(
@@ -220,13 +341,27 @@ def deploy_component(
     canary_traffic_percent: int,
     deployment: Output[Artifact],
 ) -> str:
-    """Serve the model with KServe: create or update the InferenceService `service_name` (its storage URI the model's), wait until Ready; returns its URL."""
+    """Serve the model with KServe: create or update the InferenceService `service_name` (its storage URI the
+    model's), wait until Ready; returns its URL."""
+    from components import progress
+
+    progress.start("deploy")
     from components.cli import run_cli
     from components.deploy import deploy
 
-    result = run_cli(deploy, dict(name=service_name, storage_uri=onnx_model.uri, namespace=namespace, image=image,
-                                  canary_traffic_percent=canary_traffic_percent, result_json=deployment.path))
+    result = run_cli(
+        deploy,
+        dict(
+            name=service_name,
+            storage_uri=onnx_model.uri,
+            namespace=namespace,
+            image=image,
+            canary_traffic_percent=canary_traffic_percent,
+            result_json=deployment.path,
+        ),
+    )
     deployment.metadata.update(result)
+    progress.done()
     return result["url"]
 
 
@@ -247,4 +382,25 @@ STEPS = {
 
 def kfp_components(image):
     """Each step as a KFP component whose container runs `image` (which has this package and kfp installed)."""
-    return {name: dsl.component(function, base_image=image, install_kfp_package=False) for name, function in STEPS.items()}
+    return {
+        name: dsl.component(function, base_image=image, install_kfp_package=False) for name, function in STEPS.items()
+    }
+
+
+# Where a component's input sets its step function's argument of another name or kind, on purpose: the input ->
+# that argument. Every other parameter of a component is its function's argument of the same name and type.
+FUNCTION_ARGUMENTS = {
+    "train": {
+        "pseudo_labels": "pseudo_label_data",  # a yes or no here; the function takes the test images, or None
+        "checkpoint_subfolder": "checkpoint_dir",  # joined to checkpoint_dir: one folder a run on a cluster's volume
+    },
+    "score": {"score_with_int8": "onnx_model"},  # which of the two models the function scores with
+    "deploy": {"service_name": "name", "onnx_model": "storage_uri"},  # KServe copies the model from its URI
+}
+# The step functions' options that a pipeline leaves at their defaults.
+FUNCTION_DEFAULTS_KEPT = {
+    "export": {"calibration_images", "opset"},
+    "score": {"batch_size"},
+    "report": {"sample_count"},
+    "deploy": {"min_replicas", "max_replicas", "service_account", "cpu", "memory", "timeout", "poll_seconds"},
+}

@@ -1,4 +1,4 @@
-"""What a step tells the console of a local run: its start, its progress and its key figure, on marked lines.
+"""What a step tells the console of a local run: its start, its progress, its key figure and its end, on marked lines.
 
 Inside a pipeline step (after `start`), each call prints one line `##step## TASK EVENT TEXT`, where TASK names
 the step (`train`; a score shard `score:0-6999`) and EVENT is one of EVENTS; the local runner's console reads
@@ -9,7 +9,7 @@ own command line, a test) the same calls print TEXT alone.
 import sys
 
 MARKER = "##step##"
-EVENTS = ("started", "progress", "figure", "failed")
+EVENTS = ("started", "progress", "figure", "done", "failed")
 
 _task = None  # the step this process runs, once `start` names it (each step runs in a process of its own)
 
@@ -31,6 +31,11 @@ def say(text: str) -> None:
 def figure(text: str) -> None:
     """The step's key figure (its last one counts): shown on the line that says the step ended."""
     _emit("figure", text)
+
+
+def done() -> None:
+    """The step did its work (its outputs are written): the console says so, with the step's time and figure."""
+    _emit("done", "")
 
 
 def fail(text: str) -> None:

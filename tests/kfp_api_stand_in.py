@@ -4,6 +4,7 @@ It answers the way the real API server does (field names and states of the v2bet
 experiments, runs) and records every request, so a test sees what kfp.Client sent. No cluster
 can run where this project is built; the contract is what is tested.
 """
+
 import itertools
 import threading
 
@@ -25,8 +26,9 @@ class StandInKfpApi:
         @app.middleware("http")
         async def record(request: Request, call_next):
             body = await request.body()
-            self.requests.append((request.method, request.url.path, dict(request.query_params), body,
-                                  dict(request.headers)))
+            self.requests.append(
+                (request.method, request.url.path, dict(request.query_params), body, dict(request.headers))
+            )
             return await call_next(request)
 
         @app.get("/apis/v2beta1/healthz")
@@ -40,9 +42,13 @@ class StandInKfpApi:
         @app.post("/apis/v2beta1/experiments")
         async def create_experiment(request: Request):
             body = await request.json()
-            experiment = {"experiment_id": f"experiment-{next(self.ids)}", "display_name": body["display_name"],
-                          "namespace": body.get("namespace", ""), "storage_state": "AVAILABLE",
-                          "created_at": "2026-11-25T12:00:00Z"}
+            experiment = {
+                "experiment_id": f"experiment-{next(self.ids)}",
+                "display_name": body["display_name"],
+                "namespace": body.get("namespace", ""),
+                "storage_state": "AVAILABLE",
+                "created_at": "2026-11-25T12:00:00Z",
+            }
             self.experiments[experiment["experiment_id"]] = experiment
             return experiment
 
@@ -51,12 +57,23 @@ class StandInKfpApi:
             body = await request.json()
             parameters = body.get("runtime_config", {}).get("parameters", {})
             if self.reject_runs_with and self.reject_runs_with in parameters:
-                return JSONResponse(status_code=400, content={
-                    "error_message": f"Invalid input error: unknown parameter {self.reject_runs_with}",
-                    "error_details": "", "code": 3, "message": f"unknown parameter {self.reject_runs_with}"})
-            run = {"run_id": f"run-{next(self.ids)}", "display_name": body["display_name"],
-                   "experiment_id": body.get("experiment_id"), "state": "PENDING",
-                   "created_at": "2026-11-25T12:00:01Z", "runtime_config": body.get("runtime_config", {})}
+                return JSONResponse(
+                    status_code=400,
+                    content={
+                        "error_message": f"Invalid input error: unknown parameter {self.reject_runs_with}",
+                        "error_details": "",
+                        "code": 3,
+                        "message": f"unknown parameter {self.reject_runs_with}",
+                    },
+                )
+            run = {
+                "run_id": f"run-{next(self.ids)}",
+                "display_name": body["display_name"],
+                "experiment_id": body.get("experiment_id"),
+                "state": "PENDING",
+                "created_at": "2026-11-25T12:00:01Z",
+                "runtime_config": body.get("runtime_config", {}),
+            }
             self.runs[run["run_id"]] = run
             return run
 
