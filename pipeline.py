@@ -78,10 +78,11 @@ RESOURCES = {
 }
 # Training on a GPU is not bit-for-bit repeatable, and a download or a refusal should happen anew each run.
 CACHED_STEPS = {"preprocess", "export", "evaluate", "shard_plan", "score", "join", "report"}
-# A refusal is an answer, not a transient failure: the gate's refusal is never retried. KFP 2.17's retry policy
-# cannot tell another step's refusal (exit status 2) from a fault that can pass, so those steps retry either;
-# a local run stops at a step's first refusal (runner/local.py).
-RETRIED_STEPS = set(RESOURCES) - {"reject"}
+# A refusal is an answer, not a transient failure, and KFP 2.17's retry policy cannot tell one (exit status 2) from a
+# fault that can pass. So the steps that check the user's CSVs (preprocess, shard_plan), and the gate's refusal, are
+# never retried: their only failure worth a word is a refusal, and they take seconds to run again. The others read
+# what earlier steps wrote and retry (a preempted node); a local run stops at any step's first refusal.
+RETRIED_STEPS = set(RESOURCES) - {"reject", "preprocess", "shard_plan"}
 
 
 class Toleration(NamedTuple):

@@ -9,6 +9,7 @@ three together are the ensemble rows. Test-time augmentation and ensembles chang
 graph, so they are measured on models already trained. Results are written after every variant,
 and a variant already in the results file is not trained again (the run can be resumed).
 """
+
 import argparse
 import json
 import subprocess
@@ -30,10 +31,16 @@ VARIANTS = {
     "elastic": ("+ elastic distortion, Simard's strength (alpha 34, sigma 4)", ["--elastic-alpha", "34"]),
     "elastic_mild": ("+ mild elastic distortion (alpha 10, sigma 4)", ["--elastic-alpha", "10"]),
     "no_label_smoothing": ("label smoothing 0", ["--label-smoothing", "0"]),
-    "constant_learning_rate": ("constant learning rate (no warm-up, no cosine)", ["--learning-rate-schedule", "constant"]),
+    "constant_learning_rate": (
+        "constant learning rate (no warm-up, no cosine)",
+        ["--learning-rate-schedule", "constant"],
+    ),
     "seed_43": ("baseline, seed 43", ["--seed", "43"]),
     "seed_44": ("baseline, seed 44", ["--seed", "44"]),
-    "pseudo_labels": ("+ pseudo-labels (test images labelled at >= 0.85, second round)", ["--pseudo-label-data", "{test}"]),
+    "pseudo_labels": (
+        "+ pseudo-labels (test images labelled at >= 0.85, second round)",
+        ["--pseudo-label-data", "{test}"],
+    ),
 }
 # name: (what it is, trained variants averaged, test-time augmentation)
 COMBINATIONS = {
@@ -63,7 +70,9 @@ def plot(variants, path):
         if "history" in result:
             error = 100 * (1 - np.asarray(result["history"]["val_accuracy"]))
             axis.plot(np.arange(1, len(error) + 1), error, marker="o", markersize=3, label=name.replace("_", " "))
-    axis.set(xlabel="epoch", ylabel="validation error (%)", yscale="log", title="validation error per epoch (seed 42 split)")
+    axis.set(
+        xlabel="epoch", ylabel="validation error (%)", yscale="log", title="validation error per epoch (seed 42 split)"
+    )
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     figure.savefig(path, dpi=100, bbox_inches="tight")
@@ -75,8 +84,10 @@ def markdown_table(variants):
     lines = ["| variant | validation accuracy | errors | vs baseline |", "| --- | --- | --- | --- |"]
     for result in variants.values():
         change = result["errors"] - baseline
-        lines.append(f"| {result['description']} | {result['accuracy']:.2%} | {result['errors']} | "
-                     f"{'+' if change > 0 else ''}{change if change else '='} |")
+        lines.append(
+            f"| {result['description']} | {result['accuracy']:.2%} | {result['errors']} | "
+            f"{'+' if change > 0 else ''}{change if change else '='} |"
+        )
     return "\n".join(lines)
 
 
@@ -88,7 +99,9 @@ def main(argv=None):
     parser.add_argument("--work", default="build/ablation", help="arrays and trained models")
     parser.add_argument("--results", default="bench/results/ablation.json")
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
-    parser.add_argument("--plot", default="docs/images/ablation_curves.png", help="where to plot validation error per epoch")
+    parser.add_argument(
+        "--plot", default="docs/images/ablation_curves.png", help="where to plot validation error per epoch"
+    )
     args = parser.parse_args(argv)
     work, results_path = Path(args.work), Path(args.results)
     arrays = {name: work / f"{name}.npz" for name in ("train", "validation", "test")}
@@ -105,16 +118,36 @@ def main(argv=None):
             continue
         model_dir = work / name
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "components.train", "--train-data", str(arrays["train"]),
-                        "--validation-data", str(arrays["validation"]), "--model-dir", str(model_dir),
-                        "--epochs", str(args.epochs), "--patience", str(args.epochs),
-                        *[flag.format(test=arrays["test"]) for flag in flags]], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "components.train",
+                "--train-data",
+                str(arrays["train"]),
+                "--validation-data",
+                str(arrays["validation"]),
+                "--model-dir",
+                str(model_dir),
+                "--epochs",
+                str(args.epochs),
+                "--patience",
+                str(args.epochs),
+                *[flag.format(test=arrays["test"]) for flag in flags],
+            ],
+            check=True,
+        )
         seconds = time.perf_counter() - started
         history = json.loads((model_dir / "history.json").read_text())
         variant_accuracy, errors = accuracy([model_dir], False, images, labels)
-        variants[name] = {"description": description, "accuracy": variant_accuracy, "errors": errors,
-                          "seconds": round(seconds), "history": history["members"][0],
-                          "pseudo_labels": history["pseudo_labels"]}
+        variants[name] = {
+            "description": description,
+            "accuracy": variant_accuracy,
+            "errors": errors,
+            "seconds": round(seconds),
+            "history": history["members"][0],
+            "pseudo_labels": history["pseudo_labels"],
+        }
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: {variant_accuracy:.4%} ({errors} errors) in {seconds:.0f} s", flush=True)
     for name, (description, members, tta) in COMBINATIONS.items():

@@ -7,6 +7,7 @@ Trains the default model with the default settings on Kaggle's train.csv (its de
 a start from that checkpoint takes to reach its first batch (restoring, then skipping the finished epochs'
 batches) for 1 and 14 finished epochs (the default run's last resume point).
 """
+
 import argparse
 import json
 import statistics
@@ -41,9 +42,21 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         arrays = {name: folder / f"{name}.npz" for name in ("train", "validation", "test")}
-        preprocess(Path(args.data) / "train.csv", Path(args.data) / "test.csv", arrays["train"], arrays["validation"], arrays["test"])
-        history = train(arrays["train"], arrays["validation"], folder / "model", folder / "history.json",
-                        epochs=args.epochs, checkpoint_dir=folder / "checkpoints")
+        preprocess(
+            Path(args.data) / "train.csv",
+            Path(args.data) / "test.csv",
+            arrays["train"],
+            arrays["validation"],
+            arrays["test"],
+        )
+        history = train(
+            arrays["train"],
+            arrays["validation"],
+            folder / "model",
+            folder / "history.json",
+            epochs=args.epochs,
+            checkpoint_dir=folder / "checkpoints",
+        )
         epoch_seconds = history["members"][0]["seconds"]
         checkpoint_bytes = (folder / "checkpoints" / CHECKPOINT_FILE.format(round=0, member=0)).stat().st_size
         images, labels = load_arrays(arrays["train"], "images", "labels")
@@ -51,8 +64,15 @@ def main(argv=None):
         skip_seconds = {}
         for finished_epochs in (1, defaults["epochs"] - 1):
             started = time.perf_counter()
-            dataset = training_dataset(images, labels, defaults["batch_size"], defaults["epochs"], defaults["seed"],
-                                       defaults["augment"], first_step=finished_epochs * steps_per_epoch)
+            dataset = training_dataset(
+                images,
+                labels,
+                defaults["batch_size"],
+                defaults["epochs"],
+                defaults["seed"],
+                defaults["augment"],
+                first_step=finished_epochs * steps_per_epoch,
+            )
             next(iter(dataset))
             skip_seconds[finished_epochs] = time.perf_counter() - started
     # The epoch's own seconds (EpochTimer) end before the checkpoint is written: the share is of epoch + write.
@@ -66,10 +86,15 @@ def main(argv=None):
         "first_batch_after_resume_seconds": {str(epochs): seconds for epochs, seconds in skip_seconds.items()},
     }
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"epochs: {', '.join(f'{s:.1f}' for s in epoch_seconds)} s; checkpoint writes: "
-          f"{', '.join(f'{s:.3f}' for s in write_seconds)} s ({checkpoint_bytes / 1e6:.1f} MB), "
-          f"median {100 * statistics.median(shares):.2f}% of an epoch")
-    print("first batch of a resumed fit after " + ", ".join(f"{epochs} epoch(s): {seconds:.1f} s" for epochs, seconds in skip_seconds.items()))
+    print(
+        f"epochs: {', '.join(f'{s:.1f}' for s in epoch_seconds)} s; checkpoint writes: "
+        f"{', '.join(f'{s:.3f}' for s in write_seconds)} s ({checkpoint_bytes / 1e6:.1f} MB), "
+        f"median {100 * statistics.median(shares):.2f}% of an epoch"
+    )
+    print(
+        "first batch of a resumed fit after "
+        + ", ".join(f"{epochs} epoch(s): {seconds:.1f} s" for epochs, seconds in skip_seconds.items())
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Inference throughput on Kaggle's test.csv: onnxruntime fp32 and int8 against Keras, and end-to-end scoring against bare inference.
+"""Inference throughput on Kaggle's test.csv: onnxruntime fp32 and int8 against Keras, scoring against bare inference.
 
     python bench/bench_inference.py [--run runs/latest] [--test-csv data/digit-recognizer/test.csv] [--repeats 5]
 
 Every figure is the median of `--repeats` runs, measured side by side in one process.
 """
+
 import argparse
 import json
 import os
@@ -35,19 +36,22 @@ def median_seconds(function, repeats):
 def machine():
     """The CPU's model name and how many cores this process may use."""
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
+    names = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
     return f"{names[0] if names else platform.machine()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def bare_inference(session, images, batch_size):
     """Only session.run over float32 images already in memory: the floor end-to-end scoring is held to."""
     for start in range(0, len(images), batch_size):
-        session.run(OUTPUT_NAMES, {INPUT_NAME: images[start:start + batch_size]})
+        session.run(OUTPUT_NAMES, {INPUT_NAME: images[start : start + batch_size]})
 
 
 def quantized_formats(run, images):
-    """Sessions of the fp32 model quantized both ways onnxruntime offers (calibrated on 1,024 of `images`: speed only)."""
+    """Sessions of the fp32 model quantized both ways onnxruntime offers (calibrated on 1,024 `images`: speed only)."""
     from components.export import quantize
 
     sessions = {}
@@ -61,7 +65,9 @@ def quantized_formats(run, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/latest", help="a run folder with model.onnx, model.int8.onnx and model-0.keras")
+    parser.add_argument(
+        "--run", default="runs/latest", help="a run folder with model.onnx, model.int8.onnx and model-0.keras"
+    )
     parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--score-batch-size", type=int, default=1024, help="the scorer's batch size (its default)")
@@ -73,8 +79,12 @@ def main(argv=None):
     images = as_images(pixels).astype(np.float32)
     sessions = {"fp32": load_session(run / "model.onnx"), "int8": load_session(run / "model.int8.onnx")}
     formats = quantized_formats(run, images)
-    results = {"machine": machine(),
-               "images": len(images), "repeats": args.repeats, "onnxruntime_images_per_second": {}}
+    results = {
+        "machine": machine(),
+        "images": len(images),
+        "repeats": args.repeats,
+        "onnxruntime_images_per_second": {},
+    }
 
     for name, session in sessions.items():
         bare_inference(session, images[:4096], 256)  # warm-up
@@ -105,10 +115,24 @@ def main(argv=None):
         for name in sessions:
             bare = median_seconds(lambda: bare_inference(sessions[name], images, args.score_batch_size), args.repeats)
             end_to_end = median_seconds(
-                lambda: score(run / ("model.onnx" if name == "fp32" else "model.int8.onnx"), args.test_csv,
-                              Path(folder) / "submission.csv", batch_size=args.score_batch_size), args.repeats)
-            results["end_to_end"][name] = {"bare_seconds": bare, "end_to_end_seconds": end_to_end, "ratio": end_to_end / bare}
-            print(f"score {name}: end to end {end_to_end:.2f} s, bare inference {bare:.2f} s, ratio {end_to_end / bare:.2f}", flush=True)
+                lambda: score(
+                    run / ("model.onnx" if name == "fp32" else "model.int8.onnx"),
+                    args.test_csv,
+                    Path(folder) / "submission.csv",
+                    batch_size=args.score_batch_size,
+                ),
+                args.repeats,
+            )
+            results["end_to_end"][name] = {
+                "bare_seconds": bare,
+                "end_to_end_seconds": end_to_end,
+                "ratio": end_to_end / bare,
+            }
+            print(
+                f"score {name}: end to end {end_to_end:.2f} s, bare inference {bare:.2f} s, "
+                f"ratio {end_to_end / bare:.2f}",
+                flush=True,
+            )
 
     best = {name: max(per_batch.values()) for name, per_batch in results["onnxruntime_images_per_second"].items()}
     results["ratios"] = {
@@ -131,7 +155,9 @@ def plot(results, path):
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, per_batch in results["onnxruntime_images_per_second"].items():
         axis.plot(list(map(int, per_batch)), list(per_batch.values()), "o-", label=f"onnxruntime {name}")
-    axis.axhline(results["keras_predict_images_per_second"], color="grey", linestyle="--", label="Keras predict (batch 1024)")
+    axis.axhline(
+        results["keras_predict_images_per_second"], color="grey", linestyle="--", label="Keras predict (batch 1024)"
+    )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("batch size")
     axis.set_ylabel("images per second")

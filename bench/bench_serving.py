@@ -8,6 +8,7 @@ requests of one image; for ours also images/s with 64-image requests as V2 binar
 as CSV, against bare onnxruntime images/s at batch 64 in this process; cold start to ready;
 resident memory. Medians of `--runs`. Access logs are off on both servers.
 """
+
 import argparse
 import json
 import os
@@ -50,16 +51,33 @@ def start(kind, model):
     if kind == "ours":
         command = [sys.executable, "-m", "serving", "--model", str(model), "--port", str(port), "--no-access-log"]
     else:
-        command = [str(ROOT / ".venv-kserve/bin/python"), str(ROOT / "bench/kserve_model.py"), "--model", str(model),
-                   "--http_port", str(port), "--grpc_port", str(free_port()), "--enable_grpc", "false",
-                   "--workers", "1", "--enable_latency_logging", "false", "--configure_logging", "false"]
+        command = [
+            str(ROOT / ".venv-kserve/bin/python"),
+            str(ROOT / "bench/kserve_model.py"),
+            "--model",
+            str(model),
+            "--http_port",
+            str(port),
+            "--grpc_port",
+            str(free_port()),
+            "--enable_grpc",
+            "false",
+            "--workers",
+            "1",
+            "--enable_latency_logging",
+            "false",
+            "--configure_logging",
+            "false",
+        ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200 and \
-                    httpx.get(f"{url}/v2/models/digit-recognizer/ready", timeout=1).status_code == 200:
+            if (
+                httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+                and httpx.get(f"{url}/v2/models/digit-recognizer/ready", timeout=1).status_code == 200
+            ):
                 break
         except httpx.TransportError:
             pass
@@ -75,21 +93,35 @@ def resident_mb(pid):
 
 
 def wrk(url, body, content_type, connections, seconds, header_length=""):
-    with tempfile.NamedTemporaryFile(suffix=".lua", mode="w", delete=False) as script, \
-            tempfile.NamedTemporaryFile(delete=False) as body_file:
+    with (
+        tempfile.NamedTemporaryFile(suffix=".lua", mode="w", delete=False) as script,
+        tempfile.NamedTemporaryFile(delete=False) as body_file,
+    ):
         script.write(LUA)
         body_file.write(body)
-    environment = {**os.environ, "WRK_BODY": body_file.name, "WRK_CONTENT_TYPE": content_type,
-                   "WRK_HEADER_LENGTH": str(header_length)}
-    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-                            env=environment, capture_output=True, text=True, check=True).stdout
+    environment = {
+        **os.environ,
+        "WRK_BODY": body_file.name,
+        "WRK_CONTENT_TYPE": content_type,
+        "WRK_HEADER_LENGTH": str(header_length),
+    }
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     os.unlink(body_file.name)
     if "Non-2xx" in output:
         raise RuntimeError(f"wrk saw failed requests:\n{output}")
     latency = {percent: _milliseconds(value) for percent, value in re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.M)}
-    return {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-            "p50_ms": latency["50"], "p99_ms": latency["99"]}
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+    }
 
 
 def _milliseconds(text):
@@ -98,12 +130,27 @@ def _milliseconds(text):
 
 
 def bodies(pixels):
-    one = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32",
-                                    "data": pixels[0].astype(float).tolist()}]})
+    one = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": pixels[0].astype(float).tolist()}
+            ]
+        }
+    )
     batch = pixels[:64]
-    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [64, 784], "datatype": "UINT8",
-                                       "parameters": {"binary_data_size": batch.size}}],
-                           "outputs": [{"name": "label", "parameters": {"binary_data": True}}]})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [64, 784],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": batch.size},
+                }
+            ],
+            "outputs": [{"name": "label", "parameters": {"binary_data": True}}],
+        }
+    )
     csv = "\n".join(",".join(map(str, row)) for row in batch).encode()
     return one, (header + batch.tobytes(), len(header)), csv
 
@@ -148,7 +195,10 @@ def main(argv=None):
                 single = wrk(infer, one, "application/json", 1, args.seconds)
                 record(f"{kind} V2 JSON c=1 p50 (ms)", single["p50_ms"])
                 record(f"{kind} V2 JSON c=1 p99 (ms)", single["p99_ms"])
-                record(f"{kind} V2 JSON c=64 requests/s", wrk(infer, one, "application/json", 64, args.seconds)["requests_per_second"])
+                record(
+                    f"{kind} V2 JSON c=64 requests/s",
+                    wrk(infer, one, "application/json", 64, args.seconds)["requests_per_second"],
+                )
                 if kind == "ours":
                     binary_rate = wrk(infer, binary, "application/octet-stream", 4, args.seconds, header_length)
                     record("ours V2 binary 64 images/request images/s", 64 * binary_rate["requests_per_second"])
@@ -161,12 +211,21 @@ def main(argv=None):
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     ratios = {
-        "c=64 requests/s, ours / kserve": medians["ours V2 JSON c=64 requests/s"] / medians["kserve V2 JSON c=64 requests/s"],
+        "c=64 requests/s, ours / kserve": medians["ours V2 JSON c=64 requests/s"]
+        / medians["kserve V2 JSON c=64 requests/s"],
         "c=1 p99, ours / kserve": medians["ours V2 JSON c=1 p99 (ms)"] / medians["kserve V2 JSON c=1 p99 (ms)"],
-        "binary images/s / bare onnxruntime": medians["ours V2 binary 64 images/request images/s"] / medians["bare onnxruntime images/s (batch 64)"],
-        "CSV images/s / bare onnxruntime": medians["ours CSV 64 rows/request images/s"] / medians["bare onnxruntime images/s (batch 64)"],
+        "binary images/s / bare onnxruntime": medians["ours V2 binary 64 images/request images/s"]
+        / medians["bare onnxruntime images/s (batch 64)"],
+        "CSV images/s / bare onnxruntime": medians["ours CSV 64 rows/request images/s"]
+        / medians["bare onnxruntime images/s (batch 64)"],
     }
-    results = {"runs": args.runs, "seconds_per_measurement": args.seconds, "medians": medians, "ratios": ratios, "samples": samples}
+    results = {
+        "runs": args.runs,
+        "seconds_per_measurement": args.seconds,
+        "medians": medians,
+        "ratios": ratios,
+        "samples": samples,
+    }
     print(json.dumps({"medians": medians, "ratios": ratios}, indent=2))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")

@@ -6,6 +6,7 @@ Every variant is built once, then they take turns, `--repeats` times each (after
 tracing and thread pools), so a busy machine slows all of them alike; medians are reported, with each
 variant's ratio to the baseline (the compact network in float32, batch 128, augmented).
 """
+
 import argparse
 import json
 import statistics
@@ -46,8 +47,12 @@ def main(argv=None):
     for name, (network, policy, batch_size, augment, jit_compile, steps_per_execution) in VARIANTS.items():
         keras.mixed_precision.set_global_policy(policy)
         model = build_model(network)
-        model.compile(optimizer="adamw", loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-                      jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+        model.compile(
+            optimizer="adamw",
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+        )
         models[name] = model
     keras.mixed_precision.set_global_policy("float32")
     timings = {name: [] for name in VARIANTS}
@@ -61,9 +66,12 @@ def main(argv=None):
                 timings[name].append(steps * batch_size / (time.perf_counter() - started))
     images_per_second = {name: statistics.median(values) for name, values in timings.items()}
     baseline = images_per_second["float32"]
-    results = {"steps_of_128": args.steps, "repeats": args.repeats,
-               "images_per_second": images_per_second,
-               "ratio_to_float32": {name: value / baseline for name, value in images_per_second.items()}}
+    results = {
+        "steps_of_128": args.steps,
+        "repeats": args.repeats,
+        "images_per_second": images_per_second,
+        "ratio_to_float32": {name: value / baseline for name, value in images_per_second.items()},
+    }
     print(json.dumps(results, indent=2))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")

@@ -3,6 +3,7 @@
 Run from the bench-only environment (`make bench-env` installs kserve into .venv-kserve):
     .venv-kserve/bin/python bench/kserve_model.py --model runs/latest/model.onnx --http_port 8081
 """
+
 import argparse
 import uuid
 
@@ -26,7 +27,8 @@ class DigitModel(Model):
         images = payload.inputs[0].as_numpy().astype(np.float32).reshape(-1, 28, 28, 1)
         probabilities, labels = self.session.run(["probabilities", "label"], {"pixels": images})
         return InferResponse(
-            model_name=self.name, response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            response_id=payload.id or str(uuid.uuid4()),
             infer_outputs=[
                 InferOutput("probabilities", list(probabilities.shape), "FP32", probabilities),
                 InferOutput("label", list(labels.shape), "INT64", labels),

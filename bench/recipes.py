@@ -17,6 +17,7 @@ what it says. `report` prints the table of docs/MODEL.md and plots leaderboard a
 images. `disagreements` counts the test images the single models label differently, and draws some.
 A recipe already measured for a seed is not trained again, so the runs can be spread over sessions.
 """
+
 import argparse
 import functools
 import json
@@ -40,32 +41,61 @@ from components.train import MODEL_FILE, load_models, train
 
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
-    "quick": ("one CNN, 1 epoch (the quick profile)",
-              {"epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
-    "default_5_epochs": ("one CNN, 5 epochs, otherwise the default",
-                         {"epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
-    "default": ("one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
-                   {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
-    "default_ema": ("the default with a weight average (ema_momentum 0.999)",
-                    {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "ema_momentum": 0.999}),
-    "bf16_b256_40": ("one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
-                     {"epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"}),
-    "bf16_b256_30_full": ("one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
-                          {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"}),
-    "deotte": ("Deotte's network (strided convolutions, dense head), otherwise the default",
-               {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}),
-    "default_all_rows": ("the default trained on all 42,000 rows (validation included, last epoch kept)",
-                         {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "train_on_validation": True}),
-    "deotte_pseudo_labels": ("Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
-                             {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off",
-                              "pseudo_labels": True}),
-    "default_elastic_mild": ("the default with mild elastic distortion (alpha 10, sigma 4) before the affine transform",
-                             {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "elastic_alpha": 10.0}),
-    "deotte_augmentation": ("the default with Deotte's augmentation: rotation 10°, zoom 10%, shift 10%, no shear",
-                            {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off",
-                             "affine": {"shear_degrees": 0}}),
-    "snapshots_3x5": ("a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
-                      {"epochs": 15, "batch_size": 128, "snapshots": 3}),
+    "quick": (
+        "one CNN, 1 epoch (the quick profile)",
+        {"epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+    ),
+    "default_5_epochs": (
+        "one CNN, 5 epochs, otherwise the default",
+        {"epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+    ),
+    "default": (
+        "one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
+        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+    ),
+    "default_ema": (
+        "the default with a weight average (ema_momentum 0.999)",
+        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "ema_momentum": 0.999},
+    ),
+    "bf16_b256_40": (
+        "one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
+        {"epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"},
+    ),
+    "bf16_b256_30_full": (
+        "one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
+        {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
+    ),
+    "deotte": (
+        "Deotte's network (strided convolutions, dense head), otherwise the default",
+        {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+    ),
+    "default_all_rows": (
+        "the default trained on all 42,000 rows (validation included, last epoch kept)",
+        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "train_on_validation": True},
+    ),
+    "deotte_pseudo_labels": (
+        "Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
+        {
+            "network": "deotte",
+            "epochs": 15,
+            "batch_size": 128,
+            "patience": 5,
+            "mixed_precision": "off",
+            "pseudo_labels": True,
+        },
+    ),
+    "default_elastic_mild": (
+        "the default with mild elastic distortion (alpha 10, sigma 4) before the affine transform",
+        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "elastic_alpha": 10.0},
+    ),
+    "deotte_augmentation": (
+        "the default with Deotte's augmentation: rotation 10°, zoom 10%, shift 10%, no shear",
+        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "affine": {"shear_degrees": 0}},
+    ),
+    "snapshots_3x5": (
+        "a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
+        {"epochs": 15, "batch_size": 128, "snapshots": 3},
+    ),
 }
 RESULTS = Path("bench/results/recipes.json")
 RUNS = Path("runs/recipes")
@@ -84,8 +114,19 @@ def save_results(results):
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
-def train_snapshots(train_data, validation_data, model_dir, history_path, seed, epochs, batch_size, snapshots,
-                    learning_rate=0.003, weight_decay=0.0001, label_smoothing=0.1):
+def train_snapshots(
+    train_data,
+    validation_data,
+    model_dir,
+    history_path,
+    seed,
+    epochs,
+    batch_size,
+    snapshots,
+    learning_rate=0.003,
+    weight_decay=0.0001,
+    label_smoothing=0.1,
+):
     """A snapshot ensemble (Huang et al. 2017): one fit whose learning rate restarts a cosine `snapshots` times,
     with the model at the end of each cycle kept as a member; the train step's network, data and loss."""
     keras.utils.set_random_seed(seed)
@@ -94,22 +135,32 @@ def train_snapshots(train_data, validation_data, model_dir, history_path, seed, 
     steps_per_epoch = len(images) // batch_size
     cycle_epochs = epochs // snapshots
     model = build_model()
-    model.compile(optimizer=keras.optimizers.AdamW(
-                      keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch),
-                      weight_decay=weight_decay),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch),
+            weight_decay=weight_decay,
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
     Path(model_dir).mkdir(parents=True, exist_ok=True)
 
     def save_snapshot(epoch, logs):
         if (epoch + 1) % cycle_epochs == 0:  # the end of a cycle, where the learning rate is back at zero
             model.save(Path(model_dir) / MODEL_FILE.format(member=(epoch + 1) // cycle_epochs - 1))
 
-    history = model.fit(training_dataset(images, labels, batch_size, epochs, seed, augment=True),
-                        steps_per_epoch=steps_per_epoch, epochs=epochs, verbose=2,
-                        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=save_snapshot)],
-                        validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)))
-    history = {"members": [{name: [float(value) for value in values] for name, values in history.history.items()}],
-               "pseudo_labels": 0}
+    history = model.fit(
+        training_dataset(images, labels, batch_size, epochs, seed, augment=True),
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        verbose=2,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=save_snapshot)],
+        validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
+    )
+    history = {
+        "members": [{name: [float(value) for value in values] for name, values in history.history.items()}],
+        "pseudo_labels": 0,
+    }
     Path(history_path).write_text(json.dumps(history))
     return history
 
@@ -137,7 +188,9 @@ def train_recipe(name, seed, train_csv, test_csv):
     validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
     serve = inference_function(load_models(run / "model"))
     write_submission(tensorflow_probabilities(serve, test_images).argmax(axis=1), run / "submission.csv")
-    validation_accuracy = float((tensorflow_probabilities(serve, validation_images).argmax(axis=1) == validation_labels).mean())
+    validation_accuracy = float(
+        (tensorflow_probabilities(serve, validation_images).argmax(axis=1) == validation_labels).mean()
+    )
     epochs_run = [len(member["loss"]) for member in history["members"]]
     (train_images,) = load_arrays(arrays["train"], "images")
     if settings.get("train_on_validation"):
@@ -145,9 +198,15 @@ def train_recipe(name, seed, train_csv, test_csv):
     images_seen = sum(epochs_run) * (len(train_images) + history["pseudo_labels"])
     if "first_round_members" in history:
         images_seen += sum(len(member["loss"]) for member in history["first_round_members"]) * len(train_images)
-    return {"description": description, "settings": settings, "train_seconds": round(seconds), "epochs_run": epochs_run,
-            "images_seen": images_seen,
-            "validation_accuracy": validation_accuracy, "submission": str(run / "submission.csv")}
+    return {
+        "description": description,
+        "settings": settings,
+        "train_seconds": round(seconds),
+        "epochs_run": epochs_run,
+        "images_seen": images_seen,
+        "validation_accuracy": validation_accuracy,
+        "submission": str(run / "submission.csv"),
+    }
 
 
 def combine(name, members, tta):
@@ -162,11 +221,19 @@ def combine(name, members, tta):
     run = RUNS / "combinations" / name
     run.mkdir(parents=True, exist_ok=True)
     (test_images,) = load_arrays(RUNS / "arrays" / f"seed-{seed}" / "test.npz", "images")
-    write_submission(tensorflow_probabilities(inference_function(models, tta), test_images).argmax(axis=1), run / "submission.csv")
+    write_submission(
+        tensorflow_probabilities(inference_function(models, tta), test_images).argmax(axis=1), run / "submission.csv"
+    )
     description = f"{' + '.join(members)}" + (" with test-time augmentation" if tta else "")
     results = load_results()  # a training run may have written meanwhile
-    results.setdefault(name, {})["combined"] = {"description": description, "members": members, "tta": tta,
-                                                "train_seconds": seconds, "images_seen": images, "submission": str(run / "submission.csv")}
+    results.setdefault(name, {})["combined"] = {
+        "description": description,
+        "members": members,
+        "tta": tta,
+        "train_seconds": seconds,
+        "images_seen": images,
+        "submission": str(run / "submission.csv"),
+    }
     save_results(results)
 
 
@@ -176,7 +243,9 @@ def score(leaderboard):
     for name, seeds in results.items():
         for seed, result in seeds.items():
             if "leaderboard" not in result:
-                output = subprocess.run([leaderboard, result["submission"]], capture_output=True, text=True, check=True).stdout
+                output = subprocess.run(
+                    [leaderboard, result["submission"]], capture_output=True, text=True, check=True
+                ).stdout
                 right, rows = map(int, re.search(r"(\d+) of (\d+) rows right", output).groups())
                 result["leaderboard"] = right / rows
                 print(f"{name} seed {seed}: {result['leaderboard']:.4%}")
@@ -191,11 +260,21 @@ def summary(results):
         if scores:
             description = RECIPES[name][0] if name in RECIPES else next(iter(seeds.values()))["description"]
             images = [result["images_seen"] for result in seeds.values()]
-            validations = [result["validation_accuracy"] for result in seeds.values() if "validation_accuracy" in result]
-            rows.append({"recipe": name, "description": description, "seeds": len(scores), "images": statistics.median(images),
-                         "mean": statistics.mean(scores), "sd": statistics.stdev(scores) if len(scores) > 1 else None,
-                         "validation": statistics.mean(validations) if validations else None,
-                         "minutes": statistics.median(result["train_seconds"] for result in seeds.values()) / 60})
+            validations = [
+                result["validation_accuracy"] for result in seeds.values() if "validation_accuracy" in result
+            ]
+            rows.append(
+                {
+                    "recipe": name,
+                    "description": description,
+                    "seeds": len(scores),
+                    "images": statistics.median(images),
+                    "mean": statistics.mean(scores),
+                    "sd": statistics.stdev(scores) if len(scores) > 1 else None,
+                    "validation": statistics.mean(validations) if validations else None,
+                    "minutes": statistics.median(result["train_seconds"] for result in seeds.values()) / 60,
+                }
+            )
     return sorted(rows, key=lambda row: row["images"])
 
 
@@ -206,8 +285,10 @@ def report(plot_path):
     for row in rows:
         spread = f" ± {row['sd']:.2%}" if row["sd"] is not None else ""
         validation = f"{row['validation']:.2%}" if row["validation"] is not None else "–"
-        print(f"| {row['description']} | {row['seeds']} | {row['mean']:.2%}{spread} | {validation} | "
-              f"{row['images'] / 1e6:.2f} | {row['minutes']:.0f} |")
+        print(
+            f"| {row['description']} | {row['seeds']} | {row['mean']:.2%}{spread} | {validation} | "
+            f"{row['images'] / 1e6:.2f} | {row['minutes']:.0f} |"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,10 +297,14 @@ def report(plot_path):
     figure, axis = plt.subplots(figsize=(9, 5.5))
     bottom = 99.2  # the quick profile's one epoch scores far below: drawn on the bottom edge, its score in its label
     # Images, not minutes, on the axis: the minutes were measured on a shared machine; images/s is in BENCHMARKS.md.
-    axis.set(xscale="log", xlim=(0.03, 5), ylim=(bottom - 0.03, 99.8),
-             xlabel="training images processed, all members (millions; 800–1,000 a second on this 2-core CPU)",
-             ylabel="public leaderboard accuracy (%)",
-             title="what training buys (mean over seeds, ± sd; squares: several models averaged)")
+    axis.set(
+        xscale="log",
+        xlim=(0.03, 5),
+        ylim=(bottom - 0.03, 99.8),
+        xlabel="training images processed, all members (millions; 800–1,000 a second on this 2-core CPU)",
+        ylabel="public leaderboard accuracy (%)",
+        title="what training buys (mean over seeds, ± sd; squares: several models averaged)",
+    )
     labels = []  # where labels went, in pixels: each new one takes the first free place beside its point
     for row in rows:
         accuracy = 100 * row["mean"]
@@ -234,12 +319,15 @@ def report(plot_path):
         width = 6 * len(label)
         for dx, dy in ((6, 2), (6, -12), (-6 - width, 2), (-6 - width, -12), (6, 14), (6, -24), (-6 - width, 14)):
             left = x + dx
-            if all(left + width < other_left or other_left + other_width < left or abs(y + dy - other_y) > 11
-                   for other_left, other_y, other_width in labels):
+            if all(
+                left + width < other_left or other_left + other_width < left or abs(y + dy - other_y) > 11
+                for other_left, other_y, other_width in labels
+            ):
                 break
         labels.append((left, y + dy, width))
-        axis.annotate(label, point, textcoords="offset points", xytext=(dx * 72 / figure.dpi, dy * 72 / figure.dpi),
-                      fontsize=8)
+        axis.annotate(
+            label, point, textcoords="offset points", xytext=(dx * 72 / figure.dpi, dy * 72 / figure.dpi), fontsize=8
+        )
     for goal, text in ((99.65, "goal of the default"), (99.76, "goal of best (15 CNNs x 45 epochs on Kaggle)")):
         axis.axhline(goal, color="grey", linestyle="--", linewidth=0.8)
         axis.annotate(text, (0.03, goal), textcoords="offset points", xytext=(0, 3), fontsize=8, color="grey")
@@ -261,14 +349,23 @@ def disagreements(plot_path, test_csv, shown=24):
     from components.preprocess import as_images
 
     results = load_results()
-    singles = {f"{name}/{seed}": result["submission"] for name, seeds in results.items() for seed, result in seeds.items()
-               if name in RECIPES and RECIPES[name][1]["epochs"] >= 15 and "snapshots" not in RECIPES[name][1]}
-    labels = np.array([[int(line.split(",")[1]) for line in Path(path).read_text().splitlines()[1:]] for path in singles.values()])
+    singles = {
+        f"{name}/{seed}": result["submission"]
+        for name, seeds in results.items()
+        for seed, result in seeds.items()
+        if name in RECIPES and RECIPES[name][1]["epochs"] >= 15 and "snapshots" not in RECIPES[name][1]
+    }
+    labels = np.array(
+        [[int(line.split(",")[1]) for line in Path(path).read_text().splitlines()[1:]] for path in singles.values()]
+    )
     votes = np.array([np.bincount(column, minlength=10) for column in labels.T])
     split = np.flatnonzero(votes.max(axis=1) < len(singles))
-    print(f"{len(singles)} single models of 15 epochs or more ({', '.join(singles)}): they agree on "
-          f"{len(labels[0]) - len(split)} of {len(labels[0])} test images and split on {len(split)}; "
-          f"pairs differ on {np.median([np.sum(a != b) for i, a in enumerate(labels) for b in labels[i + 1:]]):.0f} (median)")
+    print(
+        f"{len(singles)} single models of 15 epochs or more ({', '.join(singles)}): they agree on "
+        f"{len(labels[0]) - len(split)} of {len(labels[0])} test images and split on {len(split)}; "
+        f"pairs differ on "
+        f"{np.median([np.sum(a != b) for i, a in enumerate(labels) for b in labels[i + 1 :]]):.0f} (median)"
+    )
     _, pixels = read_csv(test_csv, labelled=False)
     images = as_images(pixels)
     columns = 8
@@ -293,12 +390,18 @@ def main(argv=None):
     combine_parser = commands.add_parser("combine", help="average trained models into one submission")
     combine_parser.add_argument("name")
     combine_parser.add_argument("members", nargs="+", metavar="RECIPE/SEED")
-    combine_parser.add_argument("--tta", action="store_true", help="average over each image's four one-pixel shifts too")
+    combine_parser.add_argument(
+        "--tta", action="store_true", help="average over each image's four one-pixel shifts too"
+    )
     score_parser = commands.add_parser("score", help="score every submission with an external leaderboard command")
-    score_parser.add_argument("--leaderboard", required=True, help="a command that takes submission.csv files and prints accuracies")
+    score_parser.add_argument(
+        "--leaderboard", required=True, help="a command that takes submission.csv files and prints accuracies"
+    )
     report_parser = commands.add_parser("report", help="print the table and plot accuracy against time")
     report_parser.add_argument("--plot", default="docs/images/leaderboard_vs_time.png")
-    disagreements_parser = commands.add_parser("disagreements", help="where the single models disagree on the test images")
+    disagreements_parser = commands.add_parser(
+        "disagreements", help="where the single models disagree on the test images"
+    )
     disagreements_parser.add_argument("--plot", default="docs/images/test_disagreements.png")
     disagreements_parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
     args = parser.parse_args(argv)
@@ -312,7 +415,10 @@ def main(argv=None):
                 results = load_results()  # another run may have written meanwhile
                 results.setdefault(name, {})[str(seed)] = result
                 save_results(results)
-                print(f"{name} seed {seed}: validation {result['validation_accuracy']:.4%}, {result['train_seconds']} s", flush=True)
+                print(
+                    f"{name} seed {seed}: validation {result['validation_accuracy']:.4%}, {result['train_seconds']} s",
+                    flush=True,
+                )
     elif args.command == "combine":
         combine(args.name, args.members, args.tta)
     elif args.command == "score":

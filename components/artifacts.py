@@ -1,11 +1,10 @@
 """Writing step outputs safely, and the compact array files that steps pass on."""
+
 import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from common.errors import InputError
 
@@ -32,12 +31,16 @@ def atomic_path(path):
 
 def save_arrays(path, **arrays):
     """Save named numpy arrays (uncompressed .npz, so uint8 stays 1 byte a pixel)."""
+    import numpy as np  # here, not above: `compile --deploy` reads components.deploy where only kfp is installed
+
     with atomic_path(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, **arrays)
 
 
 def load_arrays(path, *names):
     """Load the named arrays from a file written by `save_arrays`."""
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")

@@ -1,4 +1,5 @@
 """Train's input pipeline: shuffled batches of digits, moved (affine) and bent (elastic) at random, by seed."""
+
 import math
 
 import tensorflow as tf
@@ -27,8 +28,12 @@ def random_affine(images, seed, rotation_degrees=10, shift=0.1, shear_degrees=8,
     zeros = tf.zeros_like(angle)
     transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[IMAGE_SIZE, IMAGE_SIZE],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=images,
+        transforms=transforms,
+        output_shape=[IMAGE_SIZE, IMAGE_SIZE],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     )
 
 
@@ -41,13 +46,15 @@ def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
     count = tf.shape(images)[0]
     displacement = tf.random.stateless_uniform([count, IMAGE_SIZE, IMAGE_SIZE, 2], seed=seed, minval=-1.0, maxval=1.0)
     offsets = tf.range(-3 * sigma, 3 * sigma + 1)
-    kernel = tf.exp(-offsets**2 / (2 * sigma**2))
+    kernel = tf.exp(-(offsets**2) / (2 * sigma**2))
     kernel /= tf.reduce_sum(kernel)
     for shape in ([1, -1, 1, 1], [-1, 1, 1, 1]):  # a separable blur: along rows, then along columns
         displacement = tf.nn.depthwise_conv2d(
-            displacement, tf.tile(tf.reshape(kernel, shape), [1, 1, 2, 1]), strides=[1, 1, 1, 1], padding="SAME")
-    rows, columns = tf.meshgrid(tf.range(IMAGE_SIZE, dtype=tf.float32), tf.range(IMAGE_SIZE, dtype=tf.float32),
-                                indexing="ij")
+            displacement, tf.tile(tf.reshape(kernel, shape), [1, 1, 2, 1]), strides=[1, 1, 1, 1], padding="SAME"
+        )
+    rows, columns = tf.meshgrid(
+        tf.range(IMAGE_SIZE, dtype=tf.float32), tf.range(IMAGE_SIZE, dtype=tf.float32), indexing="ij"
+    )
     sample_rows = rows + alpha * displacement[..., 0]
     sample_columns = columns + alpha * displacement[..., 1]
     top, left = tf.floor(sample_rows), tf.floor(sample_columns)
@@ -56,15 +63,19 @@ def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
 
     def pixels_at(row, column):
         inside = (row >= 0) & (row < IMAGE_SIZE) & (column >= 0) & (column < IMAGE_SIZE)
-        index = tf.cast(tf.clip_by_value(row, 0, IMAGE_SIZE - 1) * IMAGE_SIZE
-                        + tf.clip_by_value(column, 0, IMAGE_SIZE - 1), tf.int32)
+        index = tf.cast(
+            tf.clip_by_value(row, 0, IMAGE_SIZE - 1) * IMAGE_SIZE + tf.clip_by_value(column, 0, IMAGE_SIZE - 1),
+            tf.int32,
+        )
         values = tf.gather(flat, tf.reshape(index, [count, -1]), batch_dims=1)
         return tf.where(inside, tf.reshape(values, tf.shape(index)), 0.0)
 
-    warped = ((1 - row_weight) * (1 - column_weight) * pixels_at(top, left)
-              + (1 - row_weight) * column_weight * pixels_at(top, left + 1)
-              + row_weight * (1 - column_weight) * pixels_at(top + 1, left)
-              + row_weight * column_weight * pixels_at(top + 1, left + 1))
+    warped = (
+        (1 - row_weight) * (1 - column_weight) * pixels_at(top, left)
+        + (1 - row_weight) * column_weight * pixels_at(top, left + 1)
+        + row_weight * (1 - column_weight) * pixels_at(top + 1, left)
+        + row_weight * column_weight * pixels_at(top + 1, left + 1)
+    )
     return warped[..., tf.newaxis]
 
 

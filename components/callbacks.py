@@ -1,4 +1,5 @@
 """What train's fits do between steps and epochs: time them, tell the console, keep an average of the weights."""
+
 import time
 
 import keras
@@ -44,8 +45,10 @@ class EpochProgress(keras.callbacks.Callback):
         if "val_loss" in logs:
             validation = f", validation loss {logs['val_loss']:.4f} accuracy {logs['val_accuracy']:.4f}"
         left = duration(epochs_left * np.mean(self.seconds))
-        progress.say(f"{which}: loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f}{validation}, "
-                     f"{logs['images_per_second']:.0f} images/s, about {left} left")
+        progress.say(
+            f"{which}: loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f}{validation}, "
+            f"{logs['images_per_second']:.0f} images/s, about {left} left"
+        )
 
 
 def duration(seconds):

@@ -6,6 +6,7 @@ member and round of training (round 1 is the second fit, with pseudo-labels): a 
 and the weight average's variables and the best model file so far; once the member is finished, only its
 history and its final model file.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -66,13 +67,24 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for name, value in logs.items():
             self.state["history"].setdefault(name, []).append(float(value))
-        self.state.update(epochs_done=epoch + 1, stopped=bool(self.model.stop_training), watched=[
-            {name: jsonable(getattr(callback, name)) for name in self.WATCHED_STATE if hasattr(callback, name)}
-            for callback in self.watched])
-        arrays = {f"model_{index}": keras.ops.convert_to_numpy(variable)
-                  for index, variable in enumerate(self.model.variables)}
-        arrays.update({f"optimizer_{index}": keras.ops.convert_to_numpy(variable)
-                       for index, variable in enumerate(self.model.optimizer.variables)})
+        self.state.update(
+            epochs_done=epoch + 1,
+            stopped=bool(self.model.stop_training),
+            watched=[
+                {name: jsonable(getattr(callback, name)) for name in self.WATCHED_STATE if hasattr(callback, name)}
+                for callback in self.watched
+            ],
+        )
+        arrays = {
+            f"model_{index}": keras.ops.convert_to_numpy(variable)
+            for index, variable in enumerate(self.model.variables)
+        }
+        arrays.update(
+            {
+                f"optimizer_{index}": keras.ops.convert_to_numpy(variable)
+                for index, variable in enumerate(self.model.optimizer.variables)
+            }
+        )
         if self.weight_average:  # between epochs the model holds the average, the callback the raw weights
             raw, self.state["average_step"] = self.weight_average.state()
             arrays.update({f"raw_{index}": weight for index, weight in enumerate(raw)})
@@ -123,8 +135,10 @@ def check_checkpoint_settings(checkpoint_dir, settings):
         saved = load_json(path, "the settings of the checkpoints there")
         differing = sorted(name for name in set(saved) | set(settings) if saved.get(name) != settings.get(name))
         if differing:
-            raise InputError(f"{checkpoint_dir}: holds checkpoints of other settings ({', '.join(differing)} differ); "
-                             f"start with the same settings and data, or with another (or an empty) checkpoint folder")
+            raise InputError(
+                f"{checkpoint_dir}: holds checkpoints of other settings ({', '.join(differing)} differ); "
+                f"start with the same settings and data, or with another (or an empty) checkpoint folder"
+            )
     else:
         save_json(path, settings)
 

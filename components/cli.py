@@ -5,6 +5,7 @@ The step function is the one place each option is written. Its signature gives t
 are required (those without one); the `Args:` section of its docstring gives each one's help. A bool becomes a
 pair of flags (`--augment` and `--no-augment`).
 """
+
 import argparse
 import inspect
 import sys
@@ -41,7 +42,7 @@ def argument_help(function):
     if "Args:" not in lines:
         return {}
     helps, name, indent = {}, None, None
-    for line in lines[lines.index("Args:") + 1:]:
+    for line in lines[lines.index("Args:") + 1 :]:
         if not line.strip() or not line.startswith(" "):  # a blank line or the next section ends it
             break
         depth = len(line) - len(line.lstrip())
@@ -57,14 +58,16 @@ def argument_help(function):
 def option_type(step, name, annotation):
     """The type argparse converts a parameter's text to, from its annotation."""
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    members = [member for member in (typing.get_args(annotation) if union else (annotation,))
-               if member is not type(None)]
+    members = [
+        member for member in (typing.get_args(annotation) if union else (annotation,)) if member is not type(None)
+    ]
     if str in members:  # a path as the user wrote it
         return str
     if len(members) == 1 and members[0] in OPTION_TYPES:
         return members[0]
-    raise TypeError(f"{step.__name__}({name}): a command-line option is int, float, str, bool or str | Path, "
-                    f"not {annotation}")
+    raise TypeError(
+        f"{step.__name__}({name}): a command-line option is int, float, str, bool or str | Path, not {annotation}"
+    )
 
 
 def step_parser(step, choices=None, aliases=None, exclude=()):
@@ -75,13 +78,17 @@ def step_parser(step, choices=None, aliases=None, exclude=()):
     """
     choices, aliases = choices or {}, aliases or {}
     module = sys.modules[step.__module__]  # __main__ under `python -m`, whose spec still names the module
-    parser = argparse.ArgumentParser(prog=f"python -m {getattr(module.__spec__, 'name', step.__module__)}",
-                                     description=module.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {getattr(module.__spec__, 'name', step.__module__)}",
+        description=module.__doc__.splitlines()[0],
+    )
     parameters = inspect.signature(step).parameters
     helps = argument_help(step)
     if sorted(helps) != sorted(parameters):
-        raise ValueError(f"{step.__name__}: its docstring's Args section names {', '.join(helps) or 'nothing'}, "
-                         f"its signature {', '.join(parameters)}")
+        raise ValueError(
+            f"{step.__name__}: its docstring's Args section names {', '.join(helps) or 'nothing'}, "
+            f"its signature {', '.join(parameters)}"
+        )
     unknown = (set(choices) | set(aliases) | set(exclude)) - set(parameters)
     if unknown:
         raise ValueError(f"{step.__name__} has no parameter {', '.join(sorted(unknown))}")
@@ -100,8 +107,14 @@ def step_parser(step, choices=None, aliases=None, exclude=()):
             conversion = dict(action=argparse.BooleanOptionalAction)
         else:
             conversion = dict(type=kind, choices=choices.get(name))
-        parser.add_argument(*flags, dest=name, required=required, default=None if required else parameter.default,
-                            help=text, **conversion)
+        parser.add_argument(
+            *flags,
+            dest=name,
+            required=required,
+            default=None if required else parameter.default,
+            help=text,
+            **conversion,
+        )
     return parser
 
 

@@ -12,6 +12,7 @@ canary traffic) with a JSON merge patch, so the first deploy's settings and any 
 in a cluster, the kubeconfig outside (KUBECONFIG, ~/.kube/config). The account needs get, create
 and patch on inferenceservices (deploy/kserve/rbac.yaml).
 """
+
 import contextlib
 import json
 import re
@@ -51,18 +52,33 @@ class DeployError(InputError):
 
 def check_name(name):
     if not NAME_PATTERN.fullmatch(name or ""):
-        raise DeployError(f"InferenceService name {name!r}: use lower-case letters, digits and '-', starting with a letter "
-                          "(at most 63 characters)")
+        raise DeployError(
+            f"InferenceService name {name!r}: use lower-case letters, digits and '-', starting with a letter "
+            "(at most 63 characters)"
+        )
 
 
-def inference_service(name, storage_uri, image=SERVE_IMAGE, namespace="default", min_replicas=1, max_replicas=3,
-                      service_account=None, cpu="1", memory="1Gi"):
+def inference_service(
+    name,
+    storage_uri,
+    image=SERVE_IMAGE,
+    namespace="default",
+    min_replicas=1,
+    max_replicas=3,
+    service_account=None,
+    cpu="1",
+    memory="1Gi",
+):
     """The InferenceService the first deploy creates: our server as a custom predictor, hardened as deploy/ runs it.
 
     Requests equal limits (`cpu`, `memory`): a latency-bound server wants its core guaranteed.
     """
-    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]}}
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     container = {
         "name": CONTAINER,
         "image": image,
@@ -72,7 +88,11 @@ def inference_service(name, storage_uri, image=SERVE_IMAGE, namespace="default",
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": PORT}, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         "securityContext": security,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # large uploads spill there; the rest is read-only
     }
@@ -109,21 +129,25 @@ def update_patch(existing, storage_uri, image, canary_traffic_percent):
     containers = json.loads(json.dumps(existing["spec"]["predictor"].get("containers", [])))
     ours = next((container for container in containers if container.get("name") == CONTAINER), None)
     if ours is None:
-        raise DeployError(f"{KIND} {existing['metadata']['namespace']}/{existing['metadata']['name']} has no "
-                          f"container named {CONTAINER}: it was not made by this step, so it is left alone")
+        raise DeployError(
+            f"{KIND} {existing['metadata']['namespace']}/{existing['metadata']['name']} has no "
+            f"container named {CONTAINER}: it was not made by this step, so it is left alone"
+        )
     ours["image"] = image
     env = [variable for variable in ours.get("env", []) if variable.get("name") != STORAGE_URI_ENV]
     ours["env"] = [{"name": STORAGE_URI_ENV, "value": storage_uri}, *env]
     # 100% is no canary: the new model takes all traffic (and an earlier canary is promoted).
     canary = canary_traffic_percent if canary_traffic_percent < 100 else None
-    return {"metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
-            "spec": {"predictor": {"containers": containers, "canaryTrafficPercent": canary}}}
+    return {
+        "metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
+        "spec": {"predictor": {"containers": containers, "canaryTrafficPercent": canary}},
+    }
 
 
 def kserve_storage_uri(uri):
     """A KFP artifact URI as KServe's storage initializer reads it: KFP's minio:// is S3 to KServe."""
     if uri.startswith("minio://"):
-        return "s3://" + uri[len("minio://"):]
+        return "s3://" + uri[len("minio://") :]
     return uri
 
 
@@ -212,13 +236,24 @@ def deploy(
             try:
                 if existing is None:
                     attempt.verb = "create"
-                    body = inference_service(name, storage_uri, image, namespace, min_replicas, max_replicas,
-                                             service_account or None, cpu, memory)
+                    body = inference_service(
+                        name,
+                        storage_uri,
+                        image,
+                        namespace,
+                        min_replicas,
+                        max_replicas,
+                        service_account or None,
+                        cpu,
+                        memory,
+                    )
                     applied = api.create_namespaced_custom_object(body=body, field_manager=FIELD_MANAGER, **where)
                 else:
                     attempt.verb = "patch"
                     patch = update_patch(existing, storage_uri, image, canary_traffic_percent)
-                    applied = api.patch_namespaced_custom_object(name=name, body=patch, field_manager=FIELD_MANAGER, **where)
+                    applied = api.patch_namespaced_custom_object(
+                        name=name, body=patch, field_manager=FIELD_MANAGER, **where
+                    )
                 break
             except ApiException as error:
                 # 409: KServe's controller wrote the status (or someone else the spec) since we read it: read again.
@@ -226,11 +261,22 @@ def deploy(
                     raise
         attempt.verb = "get"
         # A changed pod means a new predictor revision: until KServe reports one, its Ready is the old model's.
-        changed_pod = existing is not None and patch["spec"]["predictor"]["containers"] != existing["spec"]["predictor"]["containers"]
-        status = wait_until_ready(api, where, name, latest_revision(existing) if changed_pod else None, timeout, poll_seconds)
-    result = {"name": name, "namespace": namespace, "url": status.get("url", ""), "storage_uri": storage_uri,
-              "image": image, "action": "created" if existing is None else "updated",
-              "generation": applied["metadata"]["generation"]}
+        changed_pod = (
+            existing is not None
+            and patch["spec"]["predictor"]["containers"] != existing["spec"]["predictor"]["containers"]
+        )
+        status = wait_until_ready(
+            api, where, name, latest_revision(existing) if changed_pod else None, timeout, poll_seconds
+        )
+    result = {
+        "name": name,
+        "namespace": namespace,
+        "url": status.get("url", ""),
+        "storage_uri": storage_uri,
+        "image": image,
+        "action": "created" if existing is None else "updated",
+        "generation": applied["metadata"]["generation"],
+    }
     if result_json:
         save_json(result_json, result)
     return result
@@ -271,7 +317,12 @@ def wait_until_ready(api, where, name, previous_revision, timeout, poll_seconds)
         current = previous_revision is None or latest_revision(service) not in (None, previous_revision)
         if current and condition and condition.get("status") == "True":
             return service["status"]
-        if current and condition and condition.get("status") == "False" and condition.get("reason") not in STARTING_REASONS:
+        if (
+            current
+            and condition
+            and condition.get("status") == "False"
+            and condition.get("reason") not in STARTING_REASONS
+        ):
             raise DeployError(f"{label} is not Ready: {describe(condition)}")
         if time.monotonic() >= deadline:
             if not current:
@@ -314,16 +365,22 @@ def api_errors(api_client, namespace, name):
     except ApiException as error:
         message = error_message(error)
         if error.status == 403:
-            raise DeployError(f"forbidden: cannot {attempt.verb} {RESOURCE} in namespace {namespace} "
-                              f"(deploy/kserve/rbac.yaml grants it): {message}") from None
+            raise DeployError(
+                f"forbidden: cannot {attempt.verb} {RESOURCE} in namespace {namespace} "
+                f"(deploy/kserve/rbac.yaml grants it): {message}"
+            ) from None
         if error.status == 401:
             raise DeployError(f"the Kubernetes API at {host} refused the credentials: {message}") from None
         if error.status == 404:
-            raise DeployError(f"the Kubernetes API at {host} has no {RESOURCE}: is KServe installed? ({message})") from None
+            raise DeployError(
+                f"the Kubernetes API at {host} has no {RESOURCE}: is KServe installed? ({message})"
+            ) from None
         if error.status == 422:
             raise DeployError(f"the Kubernetes API refused {target}: {message}") from None
         if error.status == 409:
-            raise DeployError(f"{target} kept changing while this deploy updated it; run it again ({message})") from None
+            raise DeployError(
+                f"{target} kept changing while this deploy updated it; run it again ({message})"
+            ) from None
         raise DeployError(f"cannot {attempt.verb} {target}: the API answered {error.status}: {message}") from None
     except HTTPError as error:
         raise DeployError(f"cannot reach the Kubernetes API at {host}: {' '.join(str(error).split())}") from None

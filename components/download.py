@@ -5,6 +5,7 @@
 Credentials come from KAGGLE_USERNAME and KAGGLE_KEY (on a cluster, from a Kubernetes secret),
 KAGGLE_API_TOKEN, or ~/.kaggle/kaggle.json; you must have accepted the competition's rules.
 """
+
 import os
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ def has_credentials():
 
 
 def kaggle_cli():
-    """PATH's Kaggle CLI, or else this Python environment's (whose bin/ is not on PATH for `.venv/bin/python -m ...`)."""
+    """PATH's Kaggle CLI, or else this Python environment's (its bin/ is not on PATH for `.venv/bin/python -m ...`)."""
     beside = Path(sys.executable).parent / "kaggle"
     found = shutil.which("kaggle") or (str(beside) if beside.is_file() else None)
     if found is None:
@@ -57,12 +58,15 @@ def download(train_csv: str | Path, test_csv: str | Path, competition: str = COM
         raise InputError(NO_CREDENTIALS)
     kaggle = kaggle_cli()
     with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run([kaggle, "competitions", "download", "-c", competition, "-p", folder],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [kaggle, "competitions", "download", "-c", competition, "-p", folder], capture_output=True, text=True
+        )
         archive = Path(folder) / f"{competition}.zip"
         if result.returncode != 0 or not archive.is_file():
             said = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-            raise InputError(f"kaggle competitions download -c {competition} failed: {said[-1] if said else 'no output'}")
+            raise InputError(
+                f"kaggle competitions download -c {competition} failed: {said[-1] if said else 'no output'}"
+            )
         files = {"train.csv": (train_csv, True), "test.csv": (test_csv, False)}
         try:
             with zipfile.ZipFile(archive) as contents:

@@ -1,8 +1,9 @@
-"""Evaluate: accuracy, loss, per-class precision and recall and the confusion matrix of the ONNX model on the validation set.
+"""Evaluate: the ONNX model's accuracy, loss, per-digit precision and recall and confusion matrix on validation.
 
     python -m components.evaluate --onnx-model work/model.onnx --int8-model work/model.int8.onnx \
         --validation-data work/validation.npz --metrics work/metrics.json
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,12 @@ def classification_metrics(labels, probabilities):
         "loss": float(-np.log(np.clip(chosen, 1e-7, 1.0)).mean()),
         "errors": int((predicted != labels).sum()),
         "per_class": {
-            str(digit): {"precision": float(precision[digit]), "recall": float(recall[digit]),
-                         "f1": float(f1[digit]), "support": int(true_counts[digit])}
+            str(digit): {
+                "precision": float(precision[digit]),
+                "recall": float(recall[digit]),
+                "f1": float(f1[digit]),
+                "support": int(true_counts[digit]),
+            }
             for digit in range(10)
         },
         "confusion_matrix": matrix.tolist(),
@@ -84,15 +89,20 @@ def require_accuracy(accuracy: float, accuracy_threshold: float) -> None:
         accuracy_threshold: the least accuracy a model is scored and published with
     """
     if accuracy < accuracy_threshold:
-        raise InputError(f"validation accuracy {accuracy:.4%} is below accuracy_threshold {accuracy_threshold:.4%}: "
-                         "the model is not scored or published")
+        raise InputError(
+            f"validation accuracy {accuracy:.4%} is below accuracy_threshold {accuracy_threshold:.4%}: "
+            "the model is not scored or published"
+        )
 
 
 def main(argv=None):
-    metrics = command_line(evaluate, argv,
-                           aliases={"metrics_json": "--metrics", "confusion_matrix_png": "--confusion-matrix"})
-    print(f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), "
-          f"loss {metrics['loss']:.4f}; int8 model {metrics['int8']['accuracy']:.4f}")
+    metrics = command_line(
+        evaluate, argv, aliases={"metrics_json": "--metrics", "confusion_matrix_png": "--confusion-matrix"}
+    )
+    print(
+        f"validation accuracy {metrics['accuracy']:.4f} ({metrics['errors']} errors in {metrics['images']}), "
+        f"loss {metrics['loss']:.4f}; int8 model {metrics['int8']['accuracy']:.4f}"
+    )
 
 
 if __name__ == "__main__":

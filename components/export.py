@@ -1,8 +1,9 @@
-"""Export: convert the Keras models to one ONNX model with tf2onnx, refuse it unless onnxruntime agrees with TensorFlow, and quantize it to int8.
+"""Export: the Keras models as one ONNX model (tf2onnx), refused unless onnxruntime agrees with TensorFlow; int8 too.
 
     python -m components.export --model-dir work/model --train-data work/train.npz \
         --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
 """
+
 import tempfile
 from pathlib import Path
 
@@ -25,16 +26,19 @@ def shifted_views(pixels):
     """The images and four copies moved by one pixel up, down, left and right (test-time augmentation)."""
     padded = tf.pad(pixels, [[0, 0], [1, 1], [1, 1], [0, 0]])
     offsets = [(1, 1), (0, 1), (2, 1), (1, 0), (1, 2)]
-    return [padded[:, row:row + IMAGE_SIZE, column:column + IMAGE_SIZE, :] for row, column in offsets]
+    return [padded[:, row : row + IMAGE_SIZE, column : column + IMAGE_SIZE, :] for row, column in offsets]
 
 
 def inference_function(models, tta=False):
     """One tf.function: raw pixels `pixels` [batch, 28, 28, 1] in; `probabilities` (averaged over the members,
     and over shifted views with `tta`) and `label` out."""
+
     @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.float32, name=INPUT_NAME)])
     def serve(pixels):
         views = shifted_views(pixels) if tta else [pixels]
-        probabilities = tf.add_n([model(view, training=False) for model in models for view in views]) / (len(models) * len(views))
+        probabilities = tf.add_n([model(view, training=False) for model in models for view in views]) / (
+            len(models) * len(views)
+        )
         return {"probabilities": probabilities, "label": tf.argmax(probabilities, axis=1)}
 
     return serve
@@ -49,10 +53,12 @@ def to_onnx(function, opset=17):
 
 def tensorflow_probabilities(function, images, batch_size=1024):
     """An `inference_function`'s probabilities for uint8 images, computed by TensorFlow in batches."""
-    return np.concatenate([
-        function(tf.constant(images[start:start + batch_size], tf.float32))["probabilities"].numpy()
-        for start in range(0, len(images), batch_size)
-    ])
+    return np.concatenate(
+        [
+            function(tf.constant(images[start : start + batch_size], tf.float32))["probabilities"].numpy()
+            for start in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def parity(function, session, images, batch_size=1024):
@@ -68,7 +74,9 @@ class _Calibration(CalibrationDataReader):
     """Feeds onnxruntime's calibrator batches of training images."""
 
     def __init__(self, images, batch_size=256):
-        self.batches = (images[start:start + batch_size].astype(np.float32) for start in range(0, len(images), batch_size))
+        self.batches = (
+            images[start : start + batch_size].astype(np.float32) for start in range(0, len(images), batch_size)
+        )
 
     def get_next(self):
         batch = next(self.batches, None)
@@ -86,9 +94,13 @@ def quantize(onnx_model, calibration_images, int8_model, quant_format="QDQ"):
         prepared = Path(folder) / "prepared.onnx"
         quant_pre_process(str(onnx_model), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(temporary), _Calibration(calibration_images),
-            quant_format=QuantFormat[quant_format], per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(prepared),
+            str(temporary),
+            _Calibration(calibration_images),
+            quant_format=QuantFormat[quant_format],
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
         )
 
 
@@ -126,9 +138,11 @@ def export(
     with atomic_path(onnx_model) as temporary:
         temporary.write_bytes(to_onnx(function, opset).SerializeToString())
         max_difference, label_mismatches = parity(function, load_session(temporary), images)
-        progress.say(f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
-                     f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
-                     f"{label_mismatches} differing labels")
+        progress.say(
+            f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
+            f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
+            f"{label_mismatches} differing labels"
+        )
         if max_difference >= tolerance or label_mismatches:
             raise InputError(
                 f"{model_dir}: the ONNX model disagrees with TensorFlow (max probability difference "
@@ -140,8 +154,12 @@ def export(
     _, int8_labels = predict(load_session(int8_model), images)
     agreement = float((fp32_labels == int8_labels).mean())
     progress.figure(f"int8 model agrees with fp32 on {agreement:.2%} of validation labels")
-    return {"max_probability_difference": max_difference, "label_mismatches": label_mismatches,
-            "parity_images": len(images), "int8_label_agreement": agreement}
+    return {
+        "max_probability_difference": max_difference,
+        "label_mismatches": label_mismatches,
+        "parity_images": len(images),
+        "int8_label_agreement": agreement,
+    }
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@
 Every value is an integer: labels 0-9, pixels 0-255. Windows line endings and a
 UTF-8 byte-order mark are accepted.
 """
+
 import csv
 from pathlib import Path
 

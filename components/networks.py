@@ -1,4 +1,5 @@
 """The networks that train fits: batch-normalized Keras CNNs from raw 0-255 pixels to ten digit probabilities."""
+
 import keras
 from keras import layers
 

@@ -1,4 +1,5 @@
 """The pictures a run leaves: training curves, the confusion matrix, sample test digits with predictions."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -47,8 +48,15 @@ def confusion_matrix(matrix, path):
         for predicted_digit in range(10):
             count = matrix[true_digit, predicted_digit]
             if count:
-                axis.text(predicted_digit, true_digit, str(count), ha="center", va="center", fontsize=8,
-                          color="white" if true_digit == predicted_digit else "black")
+                axis.text(
+                    predicted_digit,
+                    true_digit,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if true_digit == predicted_digit else "black",
+                )
     axis.set_xticks(range(10))
     axis.set_yticks(range(10))
     axis.set_xlabel("predicted digit")

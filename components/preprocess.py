@@ -3,6 +3,7 @@
     python -m components.preprocess --train-csv data/digit-recognizer/train.csv \
         --test-csv data/digit-recognizer/test.csv --out-dir work/
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def preprocess(
     labels, pixels = read_csv(train_csv, labelled=True)
     _, test_pixels = read_csv(test_csv, labelled=False)
     if len(labels) * validation_fraction < 10:
-        raise InputError(f"{train_csv}: {len(labels)} rows are too few to hold out {validation_fraction:.0%} for validation")
+        raise InputError(
+            f"{train_csv}: {len(labels)} rows are too few to hold out {validation_fraction:.0%} for validation"
+        )
     train_indices, validation_indices = stratified_split(labels, validation_fraction, seed)
     images = as_images(pixels)
     save_arrays(train_data, images=images[train_indices], labels=labels[train_indices])

@@ -1,8 +1,9 @@
-"""Report: one self-contained HTML page of a run (figures, training curves, confusion matrix, sample test digits with predictions).
+"""Report: a run on one self-contained HTML page (figures, curves, confusion matrix, test digits with predictions).
 
     python -m components.report --history work/model/history.json --metrics work/metrics.json \
         --submission work/submission.csv --test-csv data/digit-recognizer/test.csv --report work/report.html
 """
+
 import base64
 import html
 import tempfile
@@ -55,12 +56,17 @@ def report(
         sample_count: test digits in the grid
         service_url: where the model is served, shown in the report (optional)
     """
-    history, metrics = load_json(history, "history.json from train"), load_json(metrics_json, "metrics.json from evaluate")
+    history, metrics = (
+        load_json(history, "history.json from train"),
+        load_json(metrics_json, "metrics.json from evaluate"),
+    )
     labels = first_labels(submission, sample_count)
     _, pixels = next(iter_csv(test_csv, labelled=False, chunk_rows=len(labels) or 1))
     members = history["members"]
     figures = {
-        "validation accuracy": f"{metrics['accuracy']:.4%} ({metrics['errors']} errors in {metrics['images']:,} images)",
+        "validation accuracy": (
+            f"{metrics['accuracy']:.4%} ({metrics['errors']} errors in {metrics['images']:,} images)"
+        ),
         "validation log loss": f"{metrics['loss']:.4f}",
         "int8 model accuracy": f"{metrics['int8']['accuracy']:.4%}",
         "ensemble members": str(len(members)),
@@ -74,22 +80,24 @@ def report(
         pictures = {name: Path(folder) / f"{name}.png" for name in ("curves", "confusion", "samples")}
         training_curves(members, pictures["curves"])
         confusion_matrix(metrics["confusion_matrix"], pictures["confusion"])
-        digit_grid(as_images(pixels[:len(labels)]), labels, pictures["samples"])
+        digit_grid(as_images(pixels[: len(labels)]), labels, pictures["samples"])
         inline = {name: base64.b64encode(path.read_bytes()).decode() for name, path in pictures.items()}
         if test_samples_png:
             with atomic_path(test_samples_png) as temporary:
                 temporary.write_bytes(pictures["samples"].read_bytes())
-    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>" for name, value in figures.items())
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>" for name, value in figures.items()
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Digit Recognizer run</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} th{{text-align:left;padding-right:2em}}
 img{{max-width:100%}}</style></head><body>
 <h1>Digit Recognizer run</h1>
 <table>{rows}</table>
-<h2>Training curves</h2><img alt="training curves" src="data:image/png;base64,{inline['curves']}">
-<h2>Confusion matrix (validation)</h2><img alt="confusion matrix" src="data:image/png;base64,{inline['confusion']}">
+<h2>Training curves</h2><img alt="training curves" src="data:image/png;base64,{inline["curves"]}">
+<h2>Confusion matrix (validation)</h2><img alt="confusion matrix" src="data:image/png;base64,{inline["confusion"]}">
 <h2>The first {len(labels)} test digits and the submitted labels</h2>
-<img alt="test digits with predictions" src="data:image/png;base64,{inline['samples']}">
+<img alt="test digits with predictions" src="data:image/png;base64,{inline["samples"]}">
 </body></html>
 """
     with atomic_path(report_html) as temporary:
@@ -98,8 +106,9 @@ img{{max-width:100%}}</style></head><body>
 
 
 def main(argv=None):
-    command_line(report, argv, aliases={"metrics_json": "--metrics", "report_html": "--report",
-                                        "test_samples_png": "--samples"})
+    command_line(
+        report, argv, aliases={"metrics_json": "--metrics", "report_html": "--report", "test_samples_png": "--samples"}
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Score: predict the rows of Kaggle's test.csv with onnxruntime, in batches, into Kaggle's submission.csv (whole, or in shards joined after).
+"""Score: Kaggle's test.csv predicted with onnxruntime in batches into submission.csv (whole, or shards joined after).
 
     python -m components.score --onnx-model work/model.onnx \
         --test-csv data/digit-recognizer/test.csv --submission work/submission.csv
 """
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,7 +80,7 @@ def row_ranges(test_csv, start_row, stop_row):
     for _, pixels in iter_csv(test_csv, labelled=False, chunk_rows=READ_ROWS):
         last_row = first_row + len(pixels)
         if last_row > start_row:
-            yield max(first_row, start_row), pixels[max(0, start_row - first_row):(stop_row or last_row) - first_row]
+            yield max(first_row, start_row), pixels[max(0, start_row - first_row) : (stop_row or last_row) - first_row]
         if stop_row is not None and last_row >= stop_row:
             return
         first_row = last_row
@@ -122,7 +123,9 @@ def join_submissions(shard_submissions: list[str | Path], submission: str | Path
                 for line_number, line in enumerate(file, start=2):
                     image_id = line.partition(",")[0]
                     if image_id != str(next_image_id):
-                        raise InputError(f"{shard}: line {line_number}: expected ImageId {next_image_id}, found {image_id!r}")
+                        raise InputError(
+                            f"{shard}: line {line_number}: expected ImageId {next_image_id}, found {image_id!r}"
+                        )
                     output.write(line)
                     next_image_id += 1
     return next_image_id - 1

@@ -3,6 +3,7 @@
     python -m components.train --train-data work/train.npz \
         --validation-data work/validation.npz --model-dir work/model
 """
+
 from pathlib import Path
 
 import keras
@@ -58,9 +59,29 @@ def precision_policy(mixed_precision, gpus):
     return mixed if capabilities and min(capabilities) >= (7, 0) else "float32"
 
 
-def fit(model_path, train_images, train_labels, validation_images, validation_labels, strategy, network, epochs,
-        batch_size, learning_rate, learning_rate_schedule, weight_decay, label_smoothing, augment, elastic_alpha,
-        patience, seed, train_on_validation, ema_momentum, checkpoint_path=None, epoch_progress=None):
+def fit(
+    model_path,
+    train_images,
+    train_labels,
+    validation_images,
+    validation_labels,
+    strategy,
+    network,
+    epochs,
+    batch_size,
+    learning_rate,
+    learning_rate_schedule,
+    weight_decay,
+    label_smoothing,
+    augment,
+    elastic_alpha,
+    patience,
+    seed,
+    train_on_validation,
+    ema_momentum,
+    checkpoint_path=None,
+    epoch_progress=None,
+):
     """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch).
 
     With `checkpoint_path`, the fit is saved there after every epoch and goes on from there when started again.
@@ -88,24 +109,43 @@ def fit(model_path, train_images, train_labels, validation_images, validation_la
     with atomic_path(model_path) as temporary_path:
         # Validation images inside the training set make validation accuracy meaningless for choosing an epoch:
         # then the last epoch is kept and nothing stops early.
-        best_epoch_callbacks = [] if train_on_validation else [
-            keras.callbacks.ModelCheckpoint(temporary_path, monitor="val_accuracy", mode="max", save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
-        ]
+        best_epoch_callbacks = (
+            []
+            if train_on_validation
+            else [
+                keras.callbacks.ModelCheckpoint(
+                    temporary_path, monitor="val_accuracy", mode="max", save_best_only=True
+                ),
+                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
+            ]
+        )
         # With an average of the weights, validation, the best-epoch model and the saved model all use it.
         weight_average = WeightAverage(ema_momentum) if ema_momentum else None
-        callbacks = [EpochTimer(steps_per_epoch * batch_size), *([epoch_progress] if epoch_progress else []),
-                     *([weight_average] if weight_average else []), *best_epoch_callbacks]
-        checkpoint = checkpoint_path and TrainingCheckpoint(checkpoint_path, temporary_path, best_epoch_callbacks,
-                                                            weight_average)
+        callbacks = [
+            EpochTimer(steps_per_epoch * batch_size),
+            *([epoch_progress] if epoch_progress else []),
+            *([weight_average] if weight_average else []),
+            *best_epoch_callbacks,
+        ]
+        checkpoint = checkpoint_path and TrainingCheckpoint(
+            checkpoint_path, temporary_path, best_epoch_callbacks, weight_average
+        )
         initial_epoch = 0
         if checkpoint:
             callbacks.append(checkpoint)
             with strategy.scope():
                 initial_epoch = checkpoint.restore(model)
         history = model.fit(
-            training_dataset(train_images, train_labels, batch_size, epochs, seed, augment, elastic_alpha,
-                             first_step=initial_epoch * steps_per_epoch),
+            training_dataset(
+                train_images,
+                train_labels,
+                batch_size,
+                epochs,
+                seed,
+                augment,
+                elastic_alpha,
+                first_step=initial_epoch * steps_per_epoch,
+            ),
             steps_per_epoch=steps_per_epoch,
             initial_epoch=initial_epoch,
             epochs=initial_epoch if checkpoint and checkpoint.state["stopped"] else epochs,
@@ -200,8 +240,12 @@ def train(
         checkpoint_dir: save each epoch there; started again with the same settings, training goes on from the
             last one (default: no checkpoints)
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
-                        ("ensemble_size", ensemble_size)):
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("patience", patience),
+        ("ensemble_size", ensemble_size),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     check_network(network)
@@ -221,28 +265,56 @@ def train(
     if train_on_validation:
         train_images = np.concatenate([train_images, validation_images])
         train_labels = np.concatenate([train_labels, validation_labels])
-    recipe = dict(network=network, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                  learning_rate_schedule=learning_rate_schedule, weight_decay=weight_decay,
-                  label_smoothing=label_smoothing, augment=augment, elastic_alpha=elastic_alpha, patience=patience,
-                  train_on_validation=train_on_validation, ema_momentum=ema_momentum)
+    recipe = dict(
+        network=network,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        learning_rate_schedule=learning_rate_schedule,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        elastic_alpha=elastic_alpha,
+        patience=patience,
+        train_on_validation=train_on_validation,
+        ema_momentum=ema_momentum,
+    )
     if checkpoint_dir:
-        check_checkpoint_settings(checkpoint_dir, dict(
-            recipe, seed=seed, ensemble_size=ensemble_size, pseudo_labels=pseudo_label_data is not None,
-            pseudo_label_confidence=pseudo_label_confidence, mixed_precision=policy,
-            data=array_digest(train_images, train_labels, validation_images, validation_labels),
-            pseudo_label_data=pseudo_label_data and array_digest(*load_arrays(pseudo_label_data, "images")),
-        ))
-    settings = dict(recipe, validation_images=validation_images, validation_labels=validation_labels,
-                    strategy=distribution_strategy(devices))
+        check_checkpoint_settings(
+            checkpoint_dir,
+            dict(
+                recipe,
+                seed=seed,
+                ensemble_size=ensemble_size,
+                pseudo_labels=pseudo_label_data is not None,
+                pseudo_label_confidence=pseudo_label_confidence,
+                mixed_precision=policy,
+                data=array_digest(train_images, train_labels, validation_images, validation_labels),
+                pseudo_label_data=pseudo_label_data and array_digest(*load_arrays(pseudo_label_data, "images")),
+            ),
+        )
+    settings = dict(
+        recipe,
+        validation_images=validation_images,
+        validation_labels=validation_labels,
+        strategy=distribution_strategy(devices),
+    )
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
 
     def fit_members(images, labels, round_of_training):
-        return [fit(path, images, labels, seed=seed + member,
-                    epoch_progress=EpochProgress(member, ensemble_size, epochs),
-                    checkpoint_path=checkpoint_dir and Path(checkpoint_dir) / CHECKPOINT_FILE.format(
-                        round=round_of_training, member=member),
-                    **settings)
-                for member, path in enumerate(model_paths)]
+        return [
+            fit(
+                path,
+                images,
+                labels,
+                seed=seed + member,
+                epoch_progress=EpochProgress(member, ensemble_size, epochs),
+                checkpoint_path=checkpoint_dir
+                and Path(checkpoint_dir) / CHECKPOINT_FILE.format(round=round_of_training, member=member),
+                **settings,
+            )
+            for member, path in enumerate(model_paths)
+        ]
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -251,14 +323,20 @@ def train(
         first_round, pseudo_labels = histories, 0
         if pseudo_label_data is not None:
             (test_images,) = load_arrays(pseudo_label_data, "images")
-            probabilities = np.mean([
-                load_model_file(path).predict(test_images.astype(np.float32), batch_size=512, verbose=0)
-                for path in model_paths], axis=0)
+            probabilities = np.mean(
+                [
+                    load_model_file(path).predict(test_images.astype(np.float32), batch_size=512, verbose=0)
+                    for path in model_paths
+                ],
+                axis=0,
+            )
             confident = probabilities.max(axis=1) >= pseudo_label_confidence
             pseudo_labels = int(confident.sum())
-            progress.say(f"pseudo-labels: {pseudo_labels} of {len(test_images)} test images at confidence >= "
-                         f"{pseudo_label_confidence}" + ("; training again with them" if pseudo_labels else
-                                                          "; keeping the first models"))
+            progress.say(
+                f"pseudo-labels: {pseudo_labels} of {len(test_images)} test images at confidence >= "
+                f"{pseudo_label_confidence}"
+                + ("; training again with them" if pseudo_labels else "; keeping the first models")
+            )
             if pseudo_labels:
                 train_images = np.concatenate([train_images, test_images[confident]])
                 pseudo = probabilities[confident].argmax(axis=1).astype(train_labels.dtype)
@@ -276,25 +354,36 @@ def train(
     if curves_png:
         training_curves(histories, curves_png)
     for member, member_history in enumerate(histories):
-        progress.figure(f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
-                        f"after {len(member_history['val_accuracy'])} epochs")
+        progress.figure(
+            f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
+            f"after {len(member_history['val_accuracy'])} epochs"
+        )
     return history
 
 
 def load_models(model_dir):
     """The members that train wrote to `model_dir`, in order."""
-    paths = sorted(Path(model_dir).glob(MODEL_FILE.format(member="*")),
-                   key=lambda path: int(path.stem.rsplit("-", 1)[1]))
+    paths = sorted(
+        Path(model_dir).glob(MODEL_FILE.format(member="*")), key=lambda path: int(path.stem.rsplit("-", 1)[1])
+    )
     if not paths:
-        raise InputError(f"{Path(model_dir) / MODEL_FILE.format(member=0)}: file not found "
-                         "(the model folder that train writes)")
+        raise InputError(
+            f"{Path(model_dir) / MODEL_FILE.format(member=0)}: file not found (the model folder that train writes)"
+        )
     return [load_model_file(path) for path in paths]
 
 
 def main(argv=None):
-    command_line(train, argv, choices={"network": NETWORKS, "learning_rate_schedule": LEARNING_RATE_SCHEDULES,
-                                       "mixed_precision": MIXED_PRECISION_MODES},
-                 aliases={"history_path": "--history", "curves_png": "--curves"})
+    command_line(
+        train,
+        argv,
+        choices={
+            "network": NETWORKS,
+            "learning_rate_schedule": LEARNING_RATE_SCHEDULES,
+            "mixed_precision": MIXED_PRECISION_MODES,
+        },
+        aliases={"history_path": "--history", "curves_png": "--curves"},
+    )
 
 
 if __name__ == "__main__":

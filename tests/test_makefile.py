@@ -11,8 +11,9 @@ from tests.conftest import ROOT
 def test_make_data_without_files_or_credentials_says_how_to_get_them(tmp_path):
     environment = {key: value for key, value in os.environ.items() if not key.startswith("KAGGLE_")}
     environment["HOME"] = str(tmp_path)  # no ~/.kaggle/kaggle.json
-    result = subprocess.run(["make", "-s", "data", f"DATA={tmp_path / 'data'}"], cwd=ROOT, env=environment,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-s", "data", f"DATA={tmp_path / 'data'}"], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "train.csv and test.csv are missing" in result.stdout
     assert "kaggle.com/competitions/digit-recognizer/data" in result.stdout
@@ -29,7 +30,7 @@ def test_make_data_with_the_files_does_nothing(tmp_path):
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """The Makefile and pyproject.toml with a venv that exists (a stand-in python): what `make install` would do there."""
+    """The Makefile and pyproject.toml beside a venv that exists (a stand-in python), as `make install` leaves them."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
@@ -43,7 +44,9 @@ def make_dry_run(folder, *arguments, gpus_listed):
     bin_folder.mkdir(exist_ok=True)
     listing = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0f1e2d3c)" if gpus_listed else ""
     nvidia_smi = bin_folder / "nvidia-smi"
-    nvidia_smi.write_text(f"#!/bin/sh\necho '{listing}'\n" if gpus_listed else "#!/bin/sh\necho 'No devices were found'\nexit 6\n")
+    nvidia_smi.write_text(
+        f"#!/bin/sh\necho '{listing}'\n" if gpus_listed else "#!/bin/sh\necho 'No devices were found'\nexit 6\n"
+    )
     nvidia_smi.chmod(0o755)
     environment = {**os.environ, "PATH": f"{bin_folder}:{os.environ['PATH']}"}
     for name in ("GPU", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # under `make test`, a nested make would say make[1]
@@ -54,8 +57,12 @@ def make_dry_run(folder, *arguments, gpus_listed):
 
 
 def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
-    assert "pip install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", gpus_listed=True)
-    assert "pip install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", gpus_listed=False)
+    assert "pip install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
+        project_copy, "install", gpus_listed=True
+    )
+    assert "pip install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
+        project_copy, "install", gpus_listed=False
+    )
     assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
     assert "'.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=1", gpus_listed=False)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -77,22 +84,37 @@ def test_make_kaggle_submit_uses_the_venvs_cli_and_without_credentials_says_how_
     submission.write_text("ImageId,Label\n1,7\n")
     environment = {key: value for key, value in os.environ.items() if not key.startswith("KAGGLE_")}
     environment["HOME"] = str(tmp_path)  # no ~/.kaggle/kaggle.json
-    result = subprocess.run(["make", "-s", "kaggle-submit", f"SUBMISSION={submission}"], cwd=ROOT, env=environment,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-s", "kaggle-submit", f"SUBMISSION={submission}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-2].startswith("error: no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-2]
+        .startswith("error: no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY")
+    )
     assert "kaggle.com > Settings > API > Create New Token" in result.stderr
     assert "not found" not in result.stderr and "Traceback" not in result.stderr
     environment.update(KAGGLE_USERNAME="someone", KAGGLE_KEY="0123")
-    dry_run = subprocess.run(["make", "-n", "kaggle-submit", f"SUBMISSION={submission}"], cwd=ROOT, env=environment,
-                             capture_output=True, text=True).stdout
+    dry_run = subprocess.run(
+        ["make", "-n", "kaggle-submit", f"SUBMISSION={submission}"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert f".venv/bin/kaggle competitions submit -c digit-recognizer -f {submission}" in dry_run
     assert (ROOT / ".venv" / "bin" / "kaggle").is_file()  # the CLI the set-up installs
 
 
 def test_make_kaggle_submit_without_a_run_says_so(tmp_path):
-    result = subprocess.run(["make", "-s", "kaggle-submit", f"SUBMISSION={tmp_path / 'none.csv'}"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-s", "kaggle-submit", f"SUBMISSION={tmp_path / 'none.csv'}"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert result.stdout.strip() == f"error: {tmp_path / 'none.csv'} not found: run make run first"
 
@@ -100,9 +122,13 @@ def test_make_kaggle_submit_without_a_run_says_so(tmp_path):
 def test_images_build_the_cuda_training_image_by_default_whatever_this_machine_has(project_copy):
     for gpus_listed in (False, True):
         commands = make_dry_run(project_copy, "images", gpus_listed=gpus_listed)
-        assert "docker build -f Dockerfile.train --build-arg TENSORFLOW=gpu -t digit-recognizer-train:latest ." in commands
+        assert (
+            "docker build -f Dockerfile.train --build-arg TENSORFLOW=gpu -t digit-recognizer-train:latest ." in commands
+        )
         assert "docker build -f Dockerfile.serve -t digit-recognizer-serve:latest ." in commands
-    laptop = make_dry_run(project_copy, "images", "TRAIN_IMAGE=cpu", "IMAGE_PREFIX=ghcr.io/me/", "TAG=v1", gpus_listed=True)
+    laptop = make_dry_run(
+        project_copy, "images", "TRAIN_IMAGE=cpu", "IMAGE_PREFIX=ghcr.io/me/", "TAG=v1", gpus_listed=True
+    )
     assert "--build-arg TENSORFLOW=cpu -t ghcr.io/me/digit-recognizer-train:v1 ." in laptop
     assert "-t ghcr.io/me/digit-recognizer-serve:v1 ." in laptop
 
@@ -115,7 +141,9 @@ def test_the_venvs_tensorflow_and_the_images_are_chosen_apart(project_copy):
 
 
 def test_a_training_image_of_another_kind_is_refused(project_copy):
-    result = subprocess.run(["make", "-s", "images", "TRAIN_IMAGE=rocm"], cwd=project_copy, capture_output=True, text=True)
+    result = subprocess.run(
+        ["make", "-s", "images", "TRAIN_IMAGE=rocm"], cwd=project_copy, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert result.stdout.strip() == "error: TRAIN_IMAGE=rocm: expected gpu or cpu"
 

@@ -14,8 +14,9 @@ def test_random_affine_without_change_is_the_identity():
 def test_random_affine_shift_moves_ink_and_keeps_it_on_the_canvas():
     image = np.zeros([1, 28, 28, 1], np.float32)
     image[0, 10:18, 10:18, 0] = 255
-    moved = random_affine(tf.constant(np.repeat(image, 64, axis=0)), seed=[0, 5],
-                          rotation_degrees=0, shift=0.1, shear_degrees=0, zoom=0).numpy()
+    moved = random_affine(
+        tf.constant(np.repeat(image, 64, axis=0)), seed=[0, 5], rotation_degrees=0, shift=0.1, shear_degrees=0, zoom=0
+    ).numpy()
     centres = [np.argwhere(m[..., 0] > 127).mean(axis=0) for m in moved]
     offsets = np.abs(np.array(centres) - 13.5)
     assert offsets.max() <= 0.1 * 28 + 1  # never more than the shift allows

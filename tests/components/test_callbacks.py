@@ -13,8 +13,9 @@ def test_weight_average_averages_every_weight_with_a_warm_up():
             raw.append([weight.numpy().copy() for weight in self.model.weights])
 
     initial, raw = [], []
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(2)]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     images, targets = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
     model.fit(images, targets, batch_size=16, epochs=2, callbacks=[RawWeights(), WeightAverage(0.5)], verbose=0)
@@ -22,8 +23,9 @@ def test_weight_average_averages_every_weight_with_a_warm_up():
     expected = [0.1 * start + 0.9 * first for start, first in zip(initial, raw[0], strict=True)]
     for step, weights in enumerate(raw[1:], start=1):
         momentum = min(0.5, (1 + step) / (10 + step))
-        expected = [momentum * average + (1 - momentum) * weight
-                    for average, weight in zip(expected, weights, strict=True)]
+        expected = [
+            momentum * average + (1 - momentum) * weight for average, weight in zip(expected, weights, strict=True)
+        ]
     assert len(raw) == 8  # 4 steps an epoch
     assert len(model.weights) == 8  # 2 kernels, 2 biases, batch norm's gamma, beta, mean and variance
     for average, weight in zip(expected, model.weights, strict=True):
@@ -32,8 +34,14 @@ def test_weight_average_averages_every_weight_with_a_warm_up():
 
 def test_each_epoch_prints_one_line_with_the_time_left(capsys):
     progress = EpochProgress(member=0, members=2, epochs=3)
-    logs = {"loss": 0.51234, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.95, "images_per_second": 2100.4,
-            "seconds": 30.0}
+    logs = {
+        "loss": 0.51234,
+        "accuracy": 0.9,
+        "val_loss": 0.4,
+        "val_accuracy": 0.95,
+        "images_per_second": 2100.4,
+        "seconds": 30.0,
+    }
     progress.on_epoch_end(0, logs)
     progress.on_epoch_end(1, {key: value for key, value in logs.items() if not key.startswith("val_")})
     assert capsys.readouterr().out.splitlines() == [

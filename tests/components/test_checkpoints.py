@@ -43,9 +43,20 @@ RESUMED_SETTINGS = dict(epochs=4, batch_size=32, seed=5, patience=4, elastic_alp
 
 def train_command(arrays, model_dir, checkpoint_dir, **settings):
     options = [f"--{name.replace('_', '-')}={value}" for name, value in {**RESUMED_SETTINGS, **settings}.items()]
-    return [sys.executable, "-m", "components.train", "--train-data", str(arrays["train"]),
-            "--validation-data", str(arrays["validation"]), "--model-dir", str(model_dir),
-            "--checkpoint-dir", str(checkpoint_dir), *options]
+    return [
+        sys.executable,
+        "-m",
+        "components.train",
+        "--train-data",
+        str(arrays["train"]),
+        "--validation-data",
+        str(arrays["validation"]),
+        "--model-dir",
+        str(model_dir),
+        "--checkpoint-dir",
+        str(checkpoint_dir),
+        *options,
+    ]
 
 
 def kill_after_epoch(command, checkpoint, epochs_done):
@@ -63,20 +74,32 @@ def kill_after_epoch(command, checkpoint, epochs_done):
 
 
 @pytest.mark.parametrize("ensemble_size, killed_member, ema_momentum", [(1, 0, 0.0), (2, 1, 0.0), (1, 0, 0.9)])
-def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(tmp_path, larger_arrays, ensemble_size,
-                                                                           killed_member, ema_momentum):
+def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
+    tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum
+):
     # With a weight average too: the raw weights it keeps between epochs, and its step, are in the checkpoint.
-    command = train_command(larger_arrays, tmp_path / "resumed", tmp_path / "checkpoints", ensemble_size=ensemble_size,
-                            ema_momentum=ema_momentum)
+    command = train_command(
+        larger_arrays,
+        tmp_path / "resumed",
+        tmp_path / "checkpoints",
+        ensemble_size=ensemble_size,
+        ema_momentum=ema_momentum,
+    )
     state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 2)
     assert not state.get("finished") and 2 <= state["epochs_done"] < RESUMED_SETTINGS["epochs"]  # killed mid-member
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {tmp_path / 'checkpoints'}/round-0-member-{killed_member}.npz after epoch" in result.stdout
     assert ("member finished before" in result.stdout) is (killed_member > 0)
-    uninterrupted = train(larger_arrays["train"], larger_arrays["validation"], tmp_path / "whole",
-                          tmp_path / "whole.json", ensemble_size=ensemble_size, ema_momentum=ema_momentum,
-                          **RESUMED_SETTINGS)
+    uninterrupted = train(
+        larger_arrays["train"],
+        larger_arrays["validation"],
+        tmp_path / "whole",
+        tmp_path / "whole.json",
+        ensemble_size=ensemble_size,
+        ema_momentum=ema_momentum,
+        **RESUMED_SETTINGS,
+    )
     resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
     for whole, again in zip(uninterrupted["members"], resumed["members"], strict=True):
         assert len(again["loss"]) == len(again["seconds"]) == RESUMED_SETTINGS["epochs"]  # each epoch once
@@ -90,12 +113,20 @@ def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(tmp_p
 
 def test_a_finished_training_started_again_takes_its_members_from_the_checkpoints(tmp_path, arrays, capsys):
     # With pseudo-labels: both rounds of training, the second one's labels from the first one's restored models.
-    settings = dict(epochs=2, batch_size=64, checkpoint_dir=tmp_path / "checkpoints", pseudo_label_data=arrays["test"],
-                    pseudo_label_confidence=0.1)
+    settings = dict(
+        epochs=2,
+        batch_size=64,
+        checkpoint_dir=tmp_path / "checkpoints",
+        pseudo_label_data=arrays["test"],
+        pseudo_label_confidence=0.1,
+    )
     first = train(arrays["train"], arrays["validation"], tmp_path / "a", tmp_path / "a.json", **settings)
     assert first["pseudo_labels"] == 60
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "round-0-member-0.npz", "round-1-member-0.npz", "settings.json"]
+        "round-0-member-0.npz",
+        "round-1-member-0.npz",
+        "settings.json",
+    ]
     again = train(arrays["train"], arrays["validation"], tmp_path / "b", tmp_path / "b.json", **settings)
     assert again == first
     assert capsys.readouterr().out.count("member finished before") == 2
@@ -103,16 +134,45 @@ def test_a_finished_training_started_again_takes_its_members_from_the_checkpoint
 
 
 def test_checkpoints_of_other_settings_are_refused_in_one_line(tmp_path, arrays):
-    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
-          checkpoint_dir=tmp_path / "checkpoints")
-    result = run_module("-m", "components.train", "--train-data", str(arrays["train"]), "--validation-data",
-                        str(arrays["validation"]), "--model-dir", str(tmp_path / "m"), "--epochs", "2",
-                        "--batch-size", "64", "--learning-rate", "0.01",
-                        "--checkpoint-dir", str(tmp_path / "checkpoints"))
+    train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=1,
+        batch_size=64,
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    result = run_module(
+        "-m",
+        "components.train",
+        "--train-data",
+        str(arrays["train"]),
+        "--validation-data",
+        str(arrays["validation"]),
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "0.01",
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'checkpoints'}: holds checkpoints of other settings (epochs, learning_rate differ); "
-        "start with the same settings and data, or with another (or an empty) checkpoint folder")
+        "start with the same settings and data, or with another (or an empty) checkpoint folder"
+    )
     with pytest.raises(InputError, match=r"\(data differ\)"):  # same settings, other images
-        train(arrays["validation"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=1, batch_size=64,
-              checkpoint_dir=tmp_path / "checkpoints")
+        train(
+            arrays["validation"],
+            arrays["validation"],
+            tmp_path / "m",
+            tmp_path / "h.json",
+            epochs=1,
+            batch_size=64,
+            checkpoint_dir=tmp_path / "checkpoints",
+        )

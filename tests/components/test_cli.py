@@ -1,4 +1,5 @@
 """The command lines derived from the step functions, and each step module's main built on them."""
+
 import functools
 import importlib
 import inspect
@@ -14,16 +15,21 @@ from tests.conftest import ROOT
 
 # module: (its step function, the parameters its main fills in itself from other flags, and how)
 STEPS = {
-    "components.preprocess": ("preprocess", ["--out-dir", "out"],
-                              {"train_data": "out/train.npz", "validation_data": "out/validation.npz",
-                               "test_data": "out/test.npz"}),
+    "components.preprocess": (
+        "preprocess",
+        ["--out-dir", "out"],
+        {"train_data": "out/train.npz", "validation_data": "out/validation.npz", "test_data": "out/test.npz"},
+    ),
     "components.train": ("train", [], {}),
     "components.export": ("export", [], {}),
     "components.evaluate": ("evaluate", [], {}),
     "components.score": ("score", [], {}),
     "components.report": ("report", [], {}),
-    "components.download": ("download", ["--out", "data"],
-                            {"train_csv": Path("data/train.csv"), "test_csv": Path("data/test.csv")}),
+    "components.download": (
+        "download",
+        ["--out", "data"],
+        {"train_csv": Path("data/train.csv"), "test_csv": Path("data/test.csv")},
+    ),
     "components.deploy": ("deploy", [], {}),
 }
 NOT_OPTIONS = {"components.deploy": {"api_client"}}  # a test's stand-in, never given on the command line
@@ -77,8 +83,11 @@ def test_every_parameter_is_a_flag_with_its_default(module_name, recorded, capsy
     module, real, calls = recorded(module_name)
     with pytest.raises(Called):
         module.main(required_argv(module_name, real))
-    expected = {name: f"given-{name}" for name, parameter in options(module_name, real).items()
-                if parameter.default is inspect.Parameter.empty}
+    expected = {
+        name: f"given-{name}"
+        for name, parameter in options(module_name, real).items()
+        if parameter.default is inspect.Parameter.empty
+    }
     expected.update(STEPS[module_name][2])
     defaults = signature_defaults(real)
     expected.update({name: defaults[name] for name in options(module_name, real) if name in defaults})
@@ -88,8 +97,11 @@ def test_every_parameter_is_a_flag_with_its_default(module_name, recorded, capsy
         module.main(["--help"])
     usage = capsys.readouterr().out.partition("\n\n")[0]
     flags = {flag(name) for name in options(module_name, real)} | set(STEPS[module_name][1][::2])
-    flags |= {"--no-" + flag(name)[2:] for name, parameter in options(module_name, real).items()
-              if parameter.annotation is bool}
+    flags |= {
+        "--no-" + flag(name)[2:]
+        for name, parameter in options(module_name, real).items()
+        if parameter.annotation is bool
+    }
     assert set(re.findall(r"--[a-z0-9-]+", usage)) == flags
 
 
@@ -126,15 +138,21 @@ def test_required_flags_are_required_and_bad_values_get_argparses_one_line_error
             with pytest.raises(SystemExit) as exit:
                 module.main(required_argv(module_name, real, leave_out=name))
             assert exit.value.code == 2
-            assert capsys.readouterr().err.splitlines()[-1].startswith(  # (then the flag's documented alias, if any)
-                f"python -m {module_name}: error: the following arguments are required: {flag(name)}")
+            assert (
+                capsys.readouterr()
+                .err.splitlines()[-1]
+                .startswith(  # (then the flag's documented alias, if any)
+                    f"python -m {module_name}: error: the following arguments are required: {flag(name)}"
+                )
+            )
         elif parameter.annotation in (int, float):
             with pytest.raises(SystemExit) as exit:
                 module.main(required_argv(module_name, real) + [flag(name), "many"])
             assert exit.value.code == 2
             assert capsys.readouterr().err.splitlines()[-1] == (
                 f"python -m {module_name}: error: argument {flag(name)}: invalid {parameter.annotation.__name__} "
-                "value: 'many'")
+                "value: 'many'"
+            )
     assert calls == []
 
 
@@ -146,7 +164,7 @@ def documented_commands():
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             if "python -m components." in line:
-                command = line[line.index("python -m components."):].partition(" #")[0]
+                command = line[line.index("python -m components.") :].partition(" #")[0]
                 yield tuple(shlex.split(command.replace("[", "").replace("]", ""))[2:])
 
 
@@ -158,8 +176,15 @@ def test_the_documented_command_lines_work(command, recorded):
     assert raised.type is Called or (command[1:] == ("--help",) and raised.value.code == 0)
 
 
-def toy(data: str | Path, count: int = 3, rate: float = 0.5, mode: str = "fast", checked: bool = True,
-        last: int | None = None, out: str | Path | None = None):
+def toy(
+    data: str | Path,
+    count: int = 3,
+    rate: float = 0.5,
+    mode: str = "fast",
+    checked: bool = True,
+    last: int | None = None,
+    out: str | Path | None = None,
+):
     """A step to derive a command line from.
 
     Args:
@@ -176,18 +201,25 @@ def toy(data: str | Path, count: int = 3, rate: float = 0.5, mode: str = "fast",
 
 
 def test_the_parser_follows_the_signature_and_the_args_section(capsys):
-    assert command_line(toy, ["--data", "in.csv"]) == dict(data="in.csv", count=3, rate=0.5, mode="fast", checked=True,
-                                                            last=None, out=None)
-    assert command_line(toy, ["--data", "x", "--count", "4", "--rate", "1", "--no-checked", "--last", "9",
-                              "--out", "o", "--mode", "slow"]) == dict(data="x", count=4, rate=1.0, mode="slow",
-                                                                       checked=False, last=9, out="o")
+    assert command_line(toy, ["--data", "in.csv"]) == dict(
+        data="in.csv", count=3, rate=0.5, mode="fast", checked=True, last=None, out=None
+    )
+    assert command_line(
+        toy,
+        ["--data", "x", "--count", "4", "--rate", "1", "--no-checked", "--last", "9", "--out", "o", "--mode", "slow"],
+    ) == dict(data="x", count=4, rate=1.0, mode="slow", checked=False, last=9, out="o")
     assert argument_help(toy)["count"] == "how many; a long help goes on here"
     step_parser(toy, choices={"mode": ("fast", "slow")}, aliases={"out": "--to"}).print_help()
     text = " ".join(capsys.readouterr().out.split())
-    for shown in ("--data DATA the input", "--count COUNT how many; a long help goes on here (default: 3)",
-                  "a 50% share (default: 0.5)", "--mode {fast,slow} how (default: fast)",
-                  "--checked, --no-checked check it (default: --checked)", "where to stop (default: the end) ",
-                  "--out OUT, --to OUT where to write (optional)"):
+    for shown in (
+        "--data DATA the input",
+        "--count COUNT how many; a long help goes on here (default: 3)",
+        "a 50% share (default: 0.5)",
+        "--mode {fast,slow} how (default: fast)",
+        "--checked, --no-checked check it (default: --checked)",
+        "where to stop (default: the end) ",
+        "--out OUT, --to OUT where to write (optional)",
+    ):
         assert shown in text
 
 
@@ -200,8 +232,9 @@ def test_a_step_whose_args_section_differs_from_its_signature_has_no_command_lin
             sed: a typo
         """
 
-    with pytest.raises(ValueError, match="step: its docstring's Args section names data, sed, "
-                                         "its signature data, seed"):
+    with pytest.raises(
+        ValueError, match="step: its docstring's Args section names data, sed, its signature data, seed"
+    ):
         step_parser(step)
     with pytest.raises(ValueError, match="toy has no parameter colour"):
         step_parser(toy, choices={"colour": ("red",)})

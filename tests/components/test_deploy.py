@@ -4,6 +4,7 @@ Nothing reconciles on that server (no nodes, no controllers): where KServe's con
 report an InferenceService's state, `KServeController` below writes it to the status subresource,
 as KServe does. These tests fail, not skip, in CI (CI=true), where .ci/run starts the server.
 """
+
 import shutil
 import threading
 import time
@@ -41,7 +42,13 @@ class KServeController(threading.Thread):
         super().__init__(daemon=True)
         from kubernetes.client import CustomObjectsApi
 
-        self.api, self.name, self.ready, self.reason, self.message = CustomObjectsApi(api_client), name, ready, reason, message
+        self.api, self.name, self.ready, self.reason, self.message = (
+            CustomObjectsApi(api_client),
+            name,
+            ready,
+            reason,
+            message,
+        )
         self.where = dict(group=GROUP, version=VERSION, namespace=namespace, plural=PLURAL)
         self.stopped = threading.Event()
 
@@ -59,7 +66,9 @@ class KServeController(threading.Thread):
             revision = int((latest_revision(service) or "0").rsplit("-", 1)[-1])
             if service["spec"]["predictor"]["containers"] != pod:
                 revision, pod = revision + 1, service["spec"]["predictor"]["containers"]
-            self.api.patch_namespaced_custom_object_status(name=self.name, body={"status": self.status(revision)}, **self.where)
+            self.api.patch_namespaced_custom_object_status(
+                name=self.name, body={"status": self.status(revision)}, **self.where
+            )
             reconciled = service["metadata"]["generation"]
 
     def status(self, revision):
@@ -106,11 +115,27 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
     from kubernetes.client import CustomObjectsApi
 
     with KServeController(kserve_api, namespace, "digits"):
-        first = deploy("digits", MODEL_V1, namespace, image="registry.example/digit-recognizer-serve:v1", min_replicas=2,
-                       service_account="model-reader", memory="2Gi", timeout=20, poll_seconds=0.05, api_client=kserve_api)
-        assert first == {"name": "digits", "namespace": namespace, "url": f"http://digits.{namespace}.example.com",
-                         "storage_uri": MODEL_V1, "image": "registry.example/digit-recognizer-serve:v1",
-                         "action": "created", "generation": 1}
+        first = deploy(
+            "digits",
+            MODEL_V1,
+            namespace,
+            image="registry.example/digit-recognizer-serve:v1",
+            min_replicas=2,
+            service_account="model-reader",
+            memory="2Gi",
+            timeout=20,
+            poll_seconds=0.05,
+            api_client=kserve_api,
+        )
+        assert first == {
+            "name": "digits",
+            "namespace": namespace,
+            "url": f"http://digits.{namespace}.example.com",
+            "storage_uri": MODEL_V1,
+            "image": "registry.example/digit-recognizer-serve:v1",
+            "action": "created",
+            "generation": 1,
+        }
         created = read(kserve_api, namespace, "digits")
         assert created["spec"]["predictor"]["minReplicas"] == 2
         assert our_container(created)["env"] == [{"name": STORAGE_URI_ENV, "value": MODEL_V1}]
@@ -119,29 +144,60 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
         created["metadata"]["labels"]["team"] = "digits"
         our_container(created)["env"].append({"name": "OMP_NUM_THREADS", "value": "1"})
         CustomObjectsApi(kserve_api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "digits",
-            {"metadata": {"labels": created["metadata"]["labels"]}, "spec": {"predictor": {"containers": created["spec"]["predictor"]["containers"]}}})
-        until(lambda: latest_revision(read(kserve_api, namespace, "digits")) == "digits-predictor-00002")  # the hand edit's
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            "digits",
+            {
+                "metadata": {"labels": created["metadata"]["labels"]},
+                "spec": {"predictor": {"containers": created["spec"]["predictor"]["containers"]}},
+            },
+        )
+        until(
+            lambda: latest_revision(read(kserve_api, namespace, "digits")) == "digits-predictor-00002"
+        )  # the hand edit's
 
-        second = deploy("digits", MODEL_V2, namespace, image="registry.example/digit-recognizer-serve:v2",
-                        canary_traffic_percent=10, timeout=20, poll_seconds=0.05, api_client=kserve_api)
+        second = deploy(
+            "digits",
+            MODEL_V2,
+            namespace,
+            image="registry.example/digit-recognizer-serve:v2",
+            canary_traffic_percent=10,
+            timeout=20,
+            poll_seconds=0.05,
+            api_client=kserve_api,
+        )
         assert second["action"] == "updated" and second["storage_uri"] == MODEL_V2 and second["generation"] == 3
         updated = read(kserve_api, namespace, "digits")
         predictor, container = updated["spec"]["predictor"], our_container(updated)
         assert predictor["canaryTrafficPercent"] == 10
         assert container["image"] == "registry.example/digit-recognizer-serve:v2"
-        assert container["env"] == [{"name": STORAGE_URI_ENV, "value": MODEL_V2}, {"name": "OMP_NUM_THREADS", "value": "1"}]
+        assert container["env"] == [
+            {"name": STORAGE_URI_ENV, "value": MODEL_V2},
+            {"name": "OMP_NUM_THREADS", "value": "1"},
+        ]
         # What the first deploy and the hand tuning set is all still there.
         assert predictor["minReplicas"] == 2 and predictor["serviceAccountName"] == "model-reader"
         assert container["resources"]["limits"]["memory"] == "2Gi"
-        assert container["args"] == our_container(created)["args"] and container["securityContext"] == our_container(created)["securityContext"]
+        assert (
+            container["args"] == our_container(created)["args"]
+            and container["securityContext"] == our_container(created)["securityContext"]
+        )
         assert updated["metadata"]["labels"]["team"] == "digits"
         assert updated["metadata"]["annotations"] == created["metadata"]["annotations"]
         assert latest_revision(updated) == "digits-predictor-00003"
 
         # 100%: no canary any more, the new model takes all traffic.
-        deploy("digits", MODEL_V2, namespace, image="registry.example/digit-recognizer-serve:v2",
-               timeout=20, poll_seconds=0.05, api_client=kserve_api)
+        deploy(
+            "digits",
+            MODEL_V2,
+            namespace,
+            image="registry.example/digit-recognizer-serve:v2",
+            timeout=20,
+            poll_seconds=0.05,
+            api_client=kserve_api,
+        )
         assert "canaryTrafficPercent" not in read(kserve_api, namespace, "digits")["spec"]["predictor"]
 
 
@@ -154,7 +210,8 @@ def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve
         deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)
         stale = read(kserve_api, namespace, "digits")
         CustomObjectsApi(kserve_api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "digits", {"metadata": {"labels": {"team": "digits"}}})
+            GROUP, VERSION, namespace, PLURAL, "digits", {"metadata": {"labels": {"team": "digits"}}}
+        )
         reads = []
         real_get_or_none = components.deploy.get_or_none
 
@@ -164,25 +221,40 @@ def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve
             return stale if len(reads) == 1 else real_get_or_none(*arguments)
 
         monkeypatch.setattr(components.deploy, "get_or_none", first_read_is_stale)
-        assert deploy("digits", MODEL_V2, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)["action"] == "updated"
+        assert (
+            deploy("digits", MODEL_V2, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)["action"]
+            == "updated"
+        )
     assert len(reads) == 2
     updated = read(kserve_api, namespace, "digits")
     assert updated["metadata"]["labels"]["team"] == "digits"
     assert our_container(updated)["env"] == [{"name": STORAGE_URI_ENV, "value": MODEL_V2}]
 
 
-@pytest.mark.parametrize("ready, reason, message", [
-    ("Unknown", "RevisionMissing", "Revision digits-predictor-00001 is waiting for load balancer to be ready"),  # Serverless
-    ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability."),  # RawDeployment, starting
-])
+@pytest.mark.parametrize(
+    "ready, reason, message",
+    [
+        (
+            "Unknown",
+            "RevisionMissing",
+            "Revision digits-predictor-00001 is waiting for load balancer to be ready",
+        ),  # Serverless
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        ),  # RawDeployment, starting
+    ],
+)
 def test_waiting_times_out_with_the_ready_condition_message(kserve_api, namespace, ready, reason, message):
     with KServeController(kserve_api, namespace, "digits", ready=ready, reason=reason, message=message):
         started = time.monotonic()
         with pytest.raises(DeployError) as caught:
             deploy("digits", MODEL_V1, namespace, timeout=1, poll_seconds=0.05, api_client=kserve_api)
     assert time.monotonic() - started < 5
-    assert str(caught.value) == (f"InferenceService {namespace}/digits not Ready within 1 s; "
-                                 f"last Ready condition: {reason}: {message}")
+    assert str(caught.value) == (
+        f"InferenceService {namespace}/digits not Ready within 1 s; last Ready condition: {reason}: {message}"
+    )
 
 
 def test_a_stale_ready_of_the_previous_generation_is_not_taken_for_this_one(kserve_api, namespace):
@@ -190,13 +262,26 @@ def test_a_stale_ready_of_the_previous_generation_is_not_taken_for_this_one(kser
         deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=kserve_api)
     # The controller is gone: the status still says Ready, but of the first model's revision.
     assert read(kserve_api, namespace, "digits")["status"]["conditions"][-1]["status"] == "True"
-    with pytest.raises(DeployError, match=rf"^InferenceService {namespace}/digits not Ready within 0.5 s; "
-                                          r"KServe has not rolled out a revision after digits-predictor-00001$"):
-        deploy("digits", MODEL_V2, namespace, canary_traffic_percent=20, timeout=0.5, poll_seconds=0.05, api_client=kserve_api)
+    with pytest.raises(
+        DeployError,
+        match=rf"^InferenceService {namespace}/digits not Ready within 0.5 s; "
+        r"KServe has not rolled out a revision after digits-predictor-00001$",
+    ):
+        deploy(
+            "digits",
+            MODEL_V2,
+            namespace,
+            canary_traffic_percent=20,
+            timeout=0.5,
+            poll_seconds=0.05,
+            api_client=kserve_api,
+        )
 
 
 def test_a_false_ready_condition_fails_at_once(kserve_api, namespace):
-    message = "Revision \"digits-predictor-00001\" failed with message: Back-off pulling image \"digit-recognizer-serve:latest\"."
+    message = (
+        'Revision "digits-predictor-00001" failed with message: Back-off pulling image "digit-recognizer-serve:latest".'
+    )
     with KServeController(kserve_api, namespace, "digits", ready="False", reason="RevisionFailed", message=message):
         started = time.monotonic()
         with pytest.raises(DeployError) as caught:
@@ -240,27 +325,48 @@ def test_the_rbac_manifest_allows_exactly_what_the_step_does(kserve_api, namespa
     with pytest.raises(DeployError) as caught:
         deploy("digits", MODEL_V1, namespace, timeout=1, api_client=runner)
     assert str(caught.value).startswith(
-        f"forbidden: cannot get inferenceservices.serving.kserve.io in namespace {namespace} (deploy/kserve/rbac.yaml grants it): "
-        f'inferenceservices.serving.kserve.io "digits" is forbidden: User "system:serviceaccount:{namespace}:pipeline-runner" '
-        f'cannot get resource "inferenceservices" in API group "serving.kserve.io"')
+        f"forbidden: cannot get inferenceservices.serving.kserve.io in namespace {namespace} "
+        "(deploy/kserve/rbac.yaml grants it): "
+        'inferenceservices.serving.kserve.io "digits" is forbidden: '
+        f'User "system:serviceaccount:{namespace}:pipeline-runner" '
+        f'cannot get resource "inferenceservices" in API group "serving.kserve.io"'
+    )
     assert "\n" not in str(caught.value)
 
     role = grant(kserve_api, namespace, "pipeline-runner")
     assert role["rules"] == [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": list(RBAC_VERBS)}]
     with KServeController(kserve_api, namespace, "digits"):
-        assert deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=runner)["action"] == "created"
-        assert deploy("digits", MODEL_V2, namespace, canary_traffic_percent=50, timeout=20, poll_seconds=0.05,
-                      api_client=runner)["action"] == "updated"
+        assert (
+            deploy("digits", MODEL_V1, namespace, timeout=20, poll_seconds=0.05, api_client=runner)["action"]
+            == "created"
+        )
+        assert (
+            deploy(
+                "digits",
+                MODEL_V2,
+                namespace,
+                canary_traffic_percent=50,
+                timeout=20,
+                poll_seconds=0.05,
+                api_client=runner,
+            )["action"]
+            == "updated"
+        )
     # Each verb is needed: without it the step stops, naming it.
     rbac = RbacAuthorizationV1Api(kserve_api)
     for missing, name in (("get", "digits"), ("create", "fresh"), ("patch", "digits")):
         role["rules"][0]["verbs"] = [verb for verb in RBAC_VERBS if verb != missing]
         rbac.replace_namespaced_role(role["metadata"]["name"], namespace, role)
-        with pytest.raises(DeployError, match=rf"^forbidden: cannot {missing} inferenceservices.serving.kserve.io in namespace {namespace} "):
+        with pytest.raises(
+            DeployError,
+            match=rf"^forbidden: cannot {missing} inferenceservices.serving.kserve.io in namespace {namespace} ",
+        ):
             deploy(name, MODEL_V2, namespace, timeout=1, poll_seconds=0.05, api_client=runner)
     # ... and nothing more: the runner may not delete or list.
-    for attempt in (lambda api: api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "digits"),
-                    lambda api: api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)):
+    for attempt in (
+        lambda api: api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "digits"),
+        lambda api: api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+    ):
         with pytest.raises(Exception, match="403"):
             attempt(CustomObjectsApi(runner))
 
@@ -281,20 +387,49 @@ def test_the_command_line_deploys_with_the_kubeconfig_and_writes_the_result(kser
     import json
 
     with KServeController(kserve_api, namespace, "cli-digits"):
-        result = run_module("-m", "components.deploy", "--name", "cli-digits", "--storage-uri", "minio://mlpipeline/v2/artifacts/run/onnx_model",
-                            "--namespace", namespace, "--poll-seconds", "0.05", "--timeout", "20", "--result", str(tmp_path / "result.json"))
+        result = run_module(
+            "-m",
+            "components.deploy",
+            "--name",
+            "cli-digits",
+            "--storage-uri",
+            "minio://mlpipeline/v2/artifacts/run/onnx_model",
+            "--namespace",
+            namespace,
+            "--poll-seconds",
+            "0.05",
+            "--timeout",
+            "20",
+            "--result",
+            str(tmp_path / "result.json"),
+        )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"created InferenceService {namespace}/cli-digits: Ready at http://cli-digits.{namespace}.example.com"
+    assert (
+        result.stdout.strip()
+        == f"created InferenceService {namespace}/cli-digits: Ready at http://cli-digits.{namespace}.example.com"
+    )
     written = json.loads((tmp_path / "result.json").read_text())
     assert written["storage_uri"] == "s3://mlpipeline/v2/artifacts/run/onnx_model"  # KFP's MinIO, as KServe reads it
 
 
 def test_the_command_line_reports_a_refusal_in_one_line(kserve_api, namespace):
-    result = run_module("-m", "components.deploy", "--name", "digits", "--storage-uri", MODEL_V1, "--namespace", namespace,
-                        "--cpu", "a lot")
+    result = run_module(
+        "-m",
+        "components.deploy",
+        "--name",
+        "digits",
+        "--storage-uri",
+        MODEL_V1,
+        "--namespace",
+        namespace,
+        "--cpu",
+        "a lot",
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith(f"error: the Kubernetes API refused inferenceservices.serving.kserve.io {namespace}/digits: ")
+    assert result.stderr.startswith(
+        f"error: the Kubernetes API refused inferenceservices.serving.kserve.io {namespace}/digits: "
+    )
     assert "spec.predictor.containers.resources.limits.cpu" in result.stderr
 
 
@@ -342,17 +477,26 @@ def test_no_credentials_and_no_server_are_one_line_errors(tmp_path, monkeypatch)
         deploy("digits", MODEL_V1, "default", api_client=ApiClient(configuration))
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (dict(canary_traffic_percent=101), "canary_traffic_percent must be between 0 and 100, not 101"),
-    (dict(storage_uri=""), "storage_uri is empty"),
-    (dict(name="Digits_1"), "InferenceService name 'Digits_1': use lower-case letters, digits and '-', starting with a letter"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(canary_traffic_percent=101), "canary_traffic_percent must be between 0 and 100, not 101"),
+        (dict(storage_uri=""), "storage_uri is empty"),
+        (
+            dict(name="Digits_1"),
+            "InferenceService name 'Digits_1': use lower-case letters, digits and '-', starting with a letter",
+        ),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_request(arguments, message):
     with pytest.raises(DeployError, match=message):
         deploy(**{"name": "digits", "storage_uri": MODEL_V1, **arguments})
 
 
 def test_kfp_artifact_uris_as_kserve_reads_them():
-    assert kserve_storage_uri("minio://mlpipeline/v2/artifacts/a/onnx_model") == "s3://mlpipeline/v2/artifacts/a/onnx_model"
+    assert (
+        kserve_storage_uri("minio://mlpipeline/v2/artifacts/a/onnx_model")
+        == "s3://mlpipeline/v2/artifacts/a/onnx_model"
+    )
     for uri in ("gs://bucket/onnx_model", "s3://bucket/onnx_model", "pvc://models/model.onnx"):
         assert kserve_storage_uri(uri) == uri

@@ -36,13 +36,33 @@ def test_evaluate_writes_json_and_plot(tmp_path, exported, arrays):
 
 def test_cli_reports_accuracy_and_bad_model(tmp_path, exported, arrays):
     onnx_model, int8_model = exported
-    result = run_module("-m", "components.evaluate", "--onnx-model", str(onnx_model), "--int8-model", str(int8_model),
-                        "--validation-data", str(arrays["validation"]), "--metrics", str(tmp_path / "m.json"))
+    result = run_module(
+        "-m",
+        "components.evaluate",
+        "--onnx-model",
+        str(onnx_model),
+        "--int8-model",
+        str(int8_model),
+        "--validation-data",
+        str(arrays["validation"]),
+        "--metrics",
+        str(tmp_path / "m.json"),
+    )
     assert result.returncode == 0
     assert result.stdout.startswith("validation accuracy ")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    result = run_module("-m", "components.evaluate", "--onnx-model", str(tmp_path / "bad.onnx"), "--int8-model", str(int8_model),
-                        "--validation-data", str(arrays["validation"]), "--metrics", str(tmp_path / "m2.json"))
+    result = run_module(
+        "-m",
+        "components.evaluate",
+        "--onnx-model",
+        str(tmp_path / "bad.onnx"),
+        "--int8-model",
+        str(int8_model),
+        "--validation-data",
+        str(arrays["validation"]),
+        "--metrics",
+        str(tmp_path / "m2.json"),
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'bad.onnx'}: not an ONNX model onnxruntime can load")
     assert not (tmp_path / "m2.json").exists()
@@ -51,6 +71,9 @@ def test_cli_reports_accuracy_and_bad_model(tmp_path, exported, arrays):
 def test_the_gate_refuses_a_model_below_the_threshold():
     require_accuracy(0.995, 0.99)
     require_accuracy(0.99, 0.99)
-    with pytest.raises(InputError, match=r"validation accuracy 98.5000% is below accuracy_threshold 99.0000%: "
-                                         "the model is not scored or published"):
+    with pytest.raises(
+        InputError,
+        match=r"validation accuracy 98.5000% is below accuracy_threshold 99.0000%: "
+        "the model is not scored or published",
+    ):
         require_accuracy(0.985, 0.99)

@@ -38,7 +38,9 @@ def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, array
 
 
 def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
-    parity = export(trained_model[0], arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
+    parity = export(
+        trained_model[0], arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    )
     assert parity["max_probability_difference"] < 1e-4
     assert parity["label_mismatches"] == 0
     assert parity["parity_images"] == 30
@@ -46,16 +48,31 @@ def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
 
 
 def test_the_deotte_network_exports_with_parity(tmp_path, arrays):
-    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", network="deotte", epochs=1,
-          batch_size=64)
-    parity = export(tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
+    train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        network="deotte",
+        epochs=1,
+        batch_size=64,
+    )
+    parity = export(
+        tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    )
     assert parity["max_probability_difference"] < 1e-4
     assert parity["label_mismatches"] == 0
 
 
 def test_missing_model(tmp_path, arrays):
     with pytest.raises(InputError, match="no-model/model-0.keras: file not found"):
-        export(tmp_path / "no-model", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx")
+        export(
+            tmp_path / "no-model",
+            arrays["train"],
+            arrays["validation"],
+            tmp_path / "model.onnx",
+            tmp_path / "int8.onnx",
+        )
 
 
 def test_int8_model_is_quantized_and_agrees_with_fp32(exported, arrays):
@@ -83,9 +100,18 @@ def test_shifted_views_move_the_image_one_pixel_each_way():
 
 
 def test_an_ensemble_with_test_time_augmentation_is_one_graph_averaging_everything(tmp_path, arrays):
-    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=32, ensemble_size=2)
-    parity = export(tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx",
-                    tta=True)
+    train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=2,
+        batch_size=32,
+        ensemble_size=2,
+    )
+    parity = export(
+        tmp_path / "m", arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx", tta=True
+    )
     assert parity["max_probability_difference"] < 1e-4 and parity["label_mismatches"] == 0
     graph = onnx.load(tmp_path / "model.onnx").graph
     assert len(graph.input) == 1 and sorted(output.name for output in graph.output) == ["label", "probabilities"]

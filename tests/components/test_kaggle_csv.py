@@ -53,17 +53,20 @@ def bad_row(position, value):
     return row
 
 
-@pytest.mark.parametrize("row, message", [
-    (bad_row(5, 256), "row 2 (line 3), column 'pixel4': pixel value 256 is outside 0-255"),
-    (bad_row(5, -1), "row 2 (line 3), column 'pixel4': pixel value -1 is outside 0-255"),
-    (bad_row(5, "abc"), "row 2 (line 3), column 'pixel4': 'abc' is not an integer"),
-    (bad_row(5, "1.5"), "row 2 (line 3), column 'pixel4': '1.5' is not an integer"),
-    (bad_row(5, ""), "row 2 (line 3), column 'pixel4': missing value"),
-    (bad_row(0, 10), "row 2 (line 3), column 'label': label 10 is not a digit 0-9"),
-    ([3, *([0] * 783)], "row 2 (line 3) has 784 values, expected 785"),
-    ([3, *([0] * 782)], "row 2 (line 3) has 783 values, expected 785"),
-    ([3, *([0] * 785)], "row 2 (line 3) has 786 values, expected 785"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (bad_row(5, 256), "row 2 (line 3), column 'pixel4': pixel value 256 is outside 0-255"),
+        (bad_row(5, -1), "row 2 (line 3), column 'pixel4': pixel value -1 is outside 0-255"),
+        (bad_row(5, "abc"), "row 2 (line 3), column 'pixel4': 'abc' is not an integer"),
+        (bad_row(5, "1.5"), "row 2 (line 3), column 'pixel4': '1.5' is not an integer"),
+        (bad_row(5, ""), "row 2 (line 3), column 'pixel4': missing value"),
+        (bad_row(0, 10), "row 2 (line 3), column 'label': label 10 is not a digit 0-9"),
+        ([3, *([0] * 783)], "row 2 (line 3) has 784 values, expected 785"),
+        ([3, *([0] * 782)], "row 2 (line 3) has 783 values, expected 785"),
+        ([3, *([0] * 785)], "row 2 (line 3) has 786 values, expected 785"),
+    ],
+)
 def test_bad_values_name_file_row_and_column(tmp_path, row, message):
     path = write_rows(tmp_path / "train.csv", TRAIN_HEADER, [train_rows(1)[0], row, train_rows(1)[0]])
     with pytest.raises(InputError) as error:
@@ -123,13 +126,16 @@ def test_binary_file(tmp_path):
         read_csv(path, labelled=True)
 
 
-@pytest.mark.parametrize("text", [
-    "{header}\r\n{row}\r\n{row}\r\n",  # Windows line endings
-    "\ufeff{header}\n{row}\n",  # UTF-8 byte-order mark
-    "{header}\n{row}\n\n{row}\n\n",  # blank lines
-    "{header}\n{spaced}\n",  # spaces and plus signs around integers
-    "{header}\n{row}",  # no newline at the end
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{header}\r\n{row}\r\n{row}\r\n",  # Windows line endings
+        "\ufeff{header}\n{row}\n",  # UTF-8 byte-order mark
+        "{header}\n{row}\n\n{row}\n\n",  # blank lines
+        "{header}\n{spaced}\n",  # spaces and plus signs around integers
+        "{header}\n{row}",  # no newline at the end
+    ],
+)
 def test_odd_but_valid_files_read_as_pandas_reads_them(tmp_path, text):
     row = ",".join(str((7 * index) % 256) for index in range(784))
     spaced = ",".join(f" +{(3 * index) % 256} " for index in range(784))

@@ -31,6 +31,9 @@ def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_on
     inputs = keras.Input((28, 28, 1))
     foreign = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)), name="mine")
     foreign.save(tmp_path / "model-0.keras")
-    with pytest.raises(InputError, match=r"model-0.keras: a model named 'mine', not one of train's networks "
-                                         r"\(compact, deotte\)"):
+    with pytest.raises(
+        InputError,
+        match=r"model-0.keras: a model named 'mine', not one of train's networks "
+        r"\(compact, deotte\)",
+    ):
         load_model_file(tmp_path / "model-0.keras")

@@ -38,8 +38,20 @@ def test_arrays_are_uint8_images_and_cover_the_input(arrays):
 
 
 def test_cli_writes_the_arrays(tmp_path, fixture_data):
-    main(["--train-csv", str(fixture_data / "train.csv"), "--test-csv", str(fixture_data / "test.csv"),
-          "--out-dir", str(tmp_path), "--validation-fraction", "0.2", "--seed", "7"])
+    main(
+        [
+            "--train-csv",
+            str(fixture_data / "train.csv"),
+            "--test-csv",
+            str(fixture_data / "test.csv"),
+            "--out-dir",
+            str(tmp_path),
+            "--validation-fraction",
+            "0.2",
+            "--seed",
+            "7",
+        ]
+    )
     _, labels = load_arrays(tmp_path / "validation.npz", "images", "labels")
     assert len(labels) == 60
 
@@ -49,10 +61,20 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, fixture_data):
     lines = (fixture_data / "train.csv").read_text().splitlines()
     lines[3] = lines[3].replace(",0,", ",abc,", 1)
     bad.write_text("\n".join(lines) + "\n")
-    result = run_module("-m", "components.preprocess", "--train-csv", str(bad),
-                        "--test-csv", str(fixture_data / "test.csv"), "--out-dir", str(tmp_path / "out"))
+    result = run_module(
+        "-m",
+        "components.preprocess",
+        "--train-csv",
+        str(bad),
+        "--test-csv",
+        str(fixture_data / "test.csv"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {bad}: row 3 (line 4), column 'pixel{lines[3].split(',').index('abc') - 1}': 'abc' is not an integer"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {bad}: row 3 (line 4), column 'pixel{lines[3].split(',').index('abc') - 1}': 'abc' is not an integer"
+    ]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

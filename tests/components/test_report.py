@@ -16,8 +16,12 @@ def run_files(tmp_path, trained_model, exported, arrays, fixture_data):
     onnx_model, int8_model = exported
     evaluate(onnx_model, int8_model, arrays["validation"], tmp_path / "metrics.json")
     score(onnx_model, fixture_data / "test.csv", tmp_path / "submission.csv")
-    return dict(history=trained_model[0] / "history.json", metrics_json=tmp_path / "metrics.json",
-                submission=tmp_path / "submission.csv", test_csv=fixture_data / "test.csv")
+    return dict(
+        history=trained_model[0] / "history.json",
+        metrics_json=tmp_path / "metrics.json",
+        submission=tmp_path / "submission.csv",
+        test_csv=fixture_data / "test.csv",
+    )
 
 
 def test_report_is_one_page_with_figures_and_inline_pictures(tmp_path, run_files):
@@ -44,8 +48,18 @@ def test_missing_or_bad_inputs_are_named(tmp_path, run_files):
 
 
 def test_cli(tmp_path, run_files):
-    arguments = ["--history", run_files["history"], "--metrics", run_files["metrics_json"], "--submission",
-                 run_files["submission"], "--test-csv", run_files["test_csv"], "--report", tmp_path / "r.html"]
+    arguments = [
+        "--history",
+        run_files["history"],
+        "--metrics",
+        run_files["metrics_json"],
+        "--submission",
+        run_files["submission"],
+        "--test-csv",
+        run_files["test_csv"],
+        "--report",
+        tmp_path / "r.html",
+    ]
     result = run_module("-m", "components.report", *map(str, arguments))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r.html").is_file()

@@ -43,18 +43,36 @@ def test_bad_test_file_keeps_the_previous_submission(tmp_path, onnx_model, fixtu
 
 
 def test_cli(tmp_path, onnx_model, fixture_data):
-    result = run_module("-m", "components.score", "--onnx-model", str(onnx_model), "--test-csv",
-                        str(fixture_data / "test.csv"), "--submission", str(tmp_path / "s.csv"))
+    result = run_module(
+        "-m",
+        "components.score",
+        "--onnx-model",
+        str(onnx_model),
+        "--test-csv",
+        str(fixture_data / "test.csv"),
+        "--submission",
+        str(tmp_path / "s.csv"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("scored 60 rows")
-    result = run_module("-m", "components.score", "--onnx-model", str(onnx_model), "--test-csv",
-                        str(fixture_data / "train.csv"), "--submission", str(tmp_path / "t.csv"))
+    result = run_module(
+        "-m",
+        "components.score",
+        "--onnx-model",
+        str(onnx_model),
+        "--test-csv",
+        str(fixture_data / "train.csv"),
+        "--submission",
+        str(tmp_path / "t.csv"),
+    )
     assert result.returncode == 2
     assert "column 1: expected 'pixel0', found 'label'" in result.stderr
     assert not (tmp_path / "t.csv").exists()
 
 
-@pytest.mark.parametrize("shards, sizes", [(1, [60]), (4, [15, 15, 15, 15]), (7, [9, 8, 9, 8, 9, 8, 9]), (100, [1] * 60)])
+@pytest.mark.parametrize(
+    "shards, sizes", [(1, [60]), (4, [15, 15, 15, 15]), (7, [9, 8, 9, 8, 9, 8, 9]), (100, [1] * 60)]
+)
 def test_shard_plan_covers_every_row_once(fixture_data, shards, sizes):
     plan = shard_plan(fixture_data / "test.csv", shards)
     assert [shard["stop_row"] - shard["start_row"] for shard in plan] == sizes

@@ -27,31 +27,64 @@ def test_train_writes_the_best_model_history_and_curves(trained_model, arrays):
 def test_same_seed_same_model(tmp_path, arrays):
     weights = []
     for run in ("a", "b"):
-        train(arrays["train"], arrays["validation"], tmp_path / run, tmp_path / run / "history.json",
-              epochs=1, batch_size=64, seed=5, elastic_alpha=34)
+        train(
+            arrays["train"],
+            arrays["validation"],
+            tmp_path / run,
+            tmp_path / run / "history.json",
+            epochs=1,
+            batch_size=64,
+            seed=5,
+            elastic_alpha=34,
+        )
         weights.append(load_models(tmp_path / run)[0].get_weights())
     for first, second in zip(*weights, strict=True):
         np.testing.assert_allclose(first, second, atol=1e-6)
 
 
 def test_an_ensemble_is_one_model_per_seed(tmp_path, arrays):
-    history = train(arrays["train"], arrays["validation"], tmp_path / "ensemble", tmp_path / "h.json",
-                    epochs=1, batch_size=64, seed=5, ensemble_size=2, curves_png=tmp_path / "curves.png")
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "ensemble",
+        tmp_path / "h.json",
+        epochs=1,
+        batch_size=64,
+        seed=5,
+        ensemble_size=2,
+        curves_png=tmp_path / "curves.png",
+    )
     assert len(history["members"]) == 2
     members = load_models(tmp_path / "ensemble")
-    train(arrays["train"], arrays["validation"], tmp_path / "seed6", tmp_path / "h6.json", epochs=1, batch_size=64,
-          seed=6)
+    train(
+        arrays["train"], arrays["validation"], tmp_path / "seed6", tmp_path / "h6.json", epochs=1, batch_size=64, seed=6
+    )
     for first, second in zip(members[1].get_weights(), load_models(tmp_path / "seed6")[0].get_weights(), strict=True):
         np.testing.assert_allclose(first, second, atol=1e-6)  # member 1 is the model of seed 6
     assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
-    train(arrays["train"], arrays["validation"], tmp_path / "ensemble", tmp_path / "h.json", epochs=1, batch_size=64,
-          seed=5)
+    train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "ensemble",
+        tmp_path / "h.json",
+        epochs=1,
+        batch_size=64,
+        seed=5,
+    )
     assert len(load_models(tmp_path / "ensemble")) == 1  # the earlier run's member 1 is gone
 
 
 def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, arrays, capsys):
-    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=32,
-                    pseudo_label_data=arrays["test"], pseudo_label_confidence=0.1)
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=2,
+        batch_size=32,
+        pseudo_label_data=arrays["test"],
+        pseudo_label_confidence=0.1,
+    )
     assert history["pseudo_labels"] == 60  # every probability vector has a maximum of at least 0.1
     said = capsys.readouterr().out
     assert "pseudo-labels: 60 of 60 test images at confidence >= 0.1; training again with them" in said
@@ -59,19 +92,36 @@ def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, array
     # 270 + 60 images in batches of 32: 10 batches (the first round 8)
     assert history["members"][0]["images_per_second"][0] == pytest.approx(320 / history["members"][0]["seconds"][0])
     assert history["first_round_members"][0]["images_per_second"][0] == pytest.approx(
-        256 / history["first_round_members"][0]["seconds"][0])
+        256 / history["first_round_members"][0]["seconds"][0]
+    )
     assert json.loads((tmp_path / "h.json").read_text())["pseudo_labels"] == 60
     assert len(train_images) == 270
-    history = train(arrays["train"], arrays["validation"], tmp_path / "n", tmp_path / "n.json", epochs=1, batch_size=32,
-                    pseudo_label_data=arrays["test"], pseudo_label_confidence=1.0)
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "n",
+        tmp_path / "n.json",
+        epochs=1,
+        batch_size=32,
+        pseudo_label_data=arrays["test"],
+        pseudo_label_confidence=1.0,
+    )
     assert history["pseudo_labels"] == 0
     assert "first_round_members" not in history  # one round: its histories are the members'
     assert "0 of 60 test images at confidence >= 1.0; keeping the first models" in capsys.readouterr().out
 
 
 def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
-    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=3, batch_size=30,
-                    patience=1, train_on_validation=True)
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=3,
+        batch_size=30,
+        patience=1,
+        train_on_validation=True,
+    )
     assert len(history["members"][0]["loss"]) == 3  # no early stopping
     # 270 training + 30 validation images in batches of 30: 10 steps an epoch
     assert history["members"][0]["images_per_second"][0] == pytest.approx(300 / history["members"][0]["seconds"][0])
@@ -79,8 +129,16 @@ def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
 
 @pytest.mark.parametrize("network", ["compact", "deotte"])
 def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays, network):
-    train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", network=network, epochs=1,
-          batch_size=64, mixed_precision="on")
+    train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        network=network,
+        epochs=1,
+        batch_size=64,
+        mixed_precision="on",
+    )
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
     saved = keras.models.load_model(tmp_path / "m" / "model-0.keras", compile=False)
     assert saved.layers[2].dtype_policy.name == "mixed_bfloat16"
@@ -99,8 +157,17 @@ def test_precision_policy_follows_the_hardware():
 
 
 def test_training_with_a_weight_average_saves_the_averaged_best_epoch(tmp_path, arrays):
-    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=3, batch_size=32,
-                    patience=3, ema_momentum=0.9, mixed_precision="off")
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=3,
+        batch_size=32,
+        patience=3,
+        ema_momentum=0.9,
+        mixed_precision="off",
+    )
     (model,) = load_models(tmp_path / "m")
     images, labels = load_arrays(arrays["validation"], "images", "labels")
     saved_accuracy = (model.predict(images.astype(np.float32), verbose=0).argmax(axis=1) == labels).mean()
@@ -126,8 +193,19 @@ print("trained", len(history["members"][0]["loss"]))
 
 
 def test_several_devices_train_one_mirrored_model(tmp_path, arrays):
-    result = subprocess.run([sys.executable, "-c", MIRRORED_ON_TWO_CPUS, str(arrays["train"]),
-                             str(arrays["validation"]), str(tmp_path / "m")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MIRRORED_ON_TWO_CPUS,
+            str(arrays["train"]),
+            str(arrays["validation"]),
+            str(tmp_path / "m"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2 MirroredStrategy" in result.stdout
     assert "training on 2 GPU(s)" in result.stdout and "trained 1" in result.stdout
@@ -152,20 +230,54 @@ def test_train_rejects_an_unknown_network(tmp_path, arrays):
 
 
 def test_constant_schedule_keeps_the_learning_rate(tmp_path, arrays):
-    history = train(arrays["train"], arrays["validation"], tmp_path / "m", tmp_path / "h.json", epochs=2, batch_size=64,
-                    learning_rate=0.002, learning_rate_schedule="constant")
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=2,
+        batch_size=64,
+        learning_rate=0.002,
+        learning_rate_schedule="constant",
+    )
     assert history["members"][0]["learning_rate"] == pytest.approx([0.002, 0.002])
 
 
 def test_cli_help_and_missing_input(tmp_path):
     help_text = run_module("-m", "components.train", "--help").stdout
     assert help_text.startswith("usage: python -m components.train ")  # named so when run as __main__ too
-    for option in ("--network", "--epochs", "--batch-size", "--learning-rate", "--learning-rate-schedule",
-                   "--weight-decay", "--label-smoothing", "--no-augment", "--elastic-alpha", "--patience", "--seed",
-                   "--ensemble-size", "--train-on-validation", "--ema-momentum", "--pseudo-label-data",
-                   "--pseudo-label-confidence", "--mixed-precision", "--curves", "--history", "--checkpoint-dir"):
+    for option in (
+        "--network",
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--learning-rate-schedule",
+        "--weight-decay",
+        "--label-smoothing",
+        "--no-augment",
+        "--elastic-alpha",
+        "--patience",
+        "--seed",
+        "--ensemble-size",
+        "--train-on-validation",
+        "--ema-momentum",
+        "--pseudo-label-data",
+        "--pseudo-label-confidence",
+        "--mixed-precision",
+        "--curves",
+        "--history",
+        "--checkpoint-dir",
+    ):
         assert option in help_text
-    result = run_module("-m", "components.train", "--train-data", str(tmp_path / "none.npz"),
-                        "--validation-data", str(tmp_path / "none.npz"), "--model-dir", str(tmp_path / "m"))
+    result = run_module(
+        "-m",
+        "components.train",
+        "--train-data",
+        str(tmp_path / "none.npz"),
+        "--validation-data",
+        str(tmp_path / "none.npz"),
+        "--model-dir",
+        str(tmp_path / "m"),
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'none.npz'}: file not found"

@@ -17,7 +17,9 @@ import runpy
 import sys
 
 HEAVY = {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "pandas", "numpy"}
-LIGHT_COMPONENTS = {"components", "components.kfp_components"}
+# The deploy step's name check (`--deploy`) and what it reads; its Kubernetes client comes with kfp.
+LIGHT_COMPONENTS = {"components", "components.kfp_components", "components.deploy", "components.artifacts",
+                    "components.cli", "components.progress"}
 
 
 class NotInstalled(importlib.abc.MetaPathFinder):
@@ -63,11 +65,14 @@ def test_compile_and_submit_need_only_kfp(tmp_path, kfp_api):
         "pool=gpu",
         "--toleration",
         "nvidia.com/gpu:NoSchedule",
+        "--deploy",
+        "digits",
     ]
     result = light("compile", "--output", str(tmp_path / "p.yaml"), *cluster)
     assert result.returncode == 0, result.stderr
     spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     assert "train-component" in spec["root"]["dag"]["tasks"]
+    assert "exec-deploy-component" in spec["deploymentSpec"]["executors"]
     assert platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-component"]["nodeSelector"]
     api, host = kfp_api(run_states=["RUNNING", "SUCCEEDED"])
     result = light(
