@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Model
+from kfp.dsl.pipeline_channel import PipelineParameterChannel
+from kfp.dsl.types import type_utils
 
 from components.kfp_components import kfp_components
 
@@ -144,10 +146,20 @@ def build_pipeline(
         raise ValueError(f"gpus is at least 1 (no accelerator at all: accelerator=None), got {gpus}")
     components = kfp_components(image)
 
-    def step(name, **arguments):
-        """A task of step `name`, with its resources, retries for transient failures, and caching."""
+    def step(name, parameters, **arguments):
+        """A task of step `name`, with its resources, retries for transient failures, and caching.
+
+        Each of the component's options takes the pipeline parameter of its name from `parameters` (the pipeline
+        function's arguments), unless `arguments` sets it: a new option needs no line here.
+        """
         cpu_request, memory_request, cpu_limit, memory_limit = RESOURCES[name]
-        task = components[name](**arguments).set_display_name(name)
+        component = components[name]
+        options = {
+            option: parameters[option]
+            for option, spec in component.component_spec.inputs.items()
+            if type_utils.is_parameter_type(spec.type) and option in parameters and option not in arguments
+        }
+        task = component(**options, **arguments).set_display_name(name)
         task.set_cpu_request(cpu_request).set_memory_request(memory_request)
         task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
         if name in RETRIED_STEPS:
@@ -191,8 +203,11 @@ def build_pipeline(
         score_with_int8: bool = False,
         canary_traffic_percent: int = 100,
     ) -> PipelineOutputs:
+        # First, before any other name is bound here: the pipeline's parameters (KFP's channels; locals() also
+        # holds build_pipeline's settings this function reads), each passed on to the step options of its name.
+        parameters = {name: value for name, value in locals().items() if isinstance(value, PipelineParameterChannel)}
         if kaggle_secret:
-            downloaded = step("download", competition=KAGGLE_COMPETITION)
+            downloaded = step("download", parameters, competition=KAGGLE_COMPETITION)
             kubernetes.use_secret_as_env(downloaded, secret_name=kaggle_secret, secret_key_to_env=KAGGLE_SECRET_KEYS)
             train_file, test_file = downloaded.outputs["train_csv"], downloaded.outputs["test_csv"]
         else:
@@ -200,79 +215,64 @@ def build_pipeline(
             test_file = imported(test_csv, "test.csv")
         arrays = step(
             "preprocess",
+            parameters,
             train_csv=train_file,
             test_csv=test_file,
-            validation_fraction=validation_fraction,
-            seed=seed,
         )
         trained = step(
             "train",
+            parameters,
             train_data=arrays.outputs["train_data"],
             validation_data=arrays.outputs["validation_data"],
             test_data=arrays.outputs["test_data"],
-            network=network,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            learning_rate_schedule=learning_rate_schedule,
-            weight_decay=weight_decay,
-            label_smoothing=label_smoothing,
-            augment=augment,
-            elastic_alpha=elastic_alpha,
-            patience=patience,
-            seed=seed,
-            ensemble_size=ensemble_size,
-            train_on_validation=train_on_validation,
-            ema_momentum=ema_momentum,
-            pseudo_labels=pseudo_labels,
-            pseudo_label_confidence=pseudo_label_confidence,
-            mixed_precision=mixed_precision,
             checkpoint_dir=CHECKPOINT_MOUNT if checkpoint_pvc else checkpoint_dir,
             checkpoint_subfolder=dsl.PIPELINE_JOB_ID_PLACEHOLDER if checkpoint_pvc else "",
         )
         place_training(trained, accelerator, gpus, node_selector or {}, tolerations, checkpoint_pvc)
         exported = step(
             "export",
+            parameters,
             model=trained.outputs["model"],
             train_data=arrays.outputs["train_data"],
             validation_data=arrays.outputs["validation_data"],
-            tta=tta,
             tolerance=parity_tolerance,
         )
         evaluated = step(
             "evaluate",
+            parameters,
             onnx_model=exported.outputs["onnx_model"],
             int8_model=exported.outputs["int8_model"],
             validation_data=arrays.outputs["validation_data"],
         )
         accuracy = evaluated.outputs["Output"]
         with dsl.If(accuracy >= accuracy_threshold, name="accurate-enough"):
-            plan = step("shard_plan", test_csv=test_file, shards=score_shards)
+            plan = step("shard_plan", parameters, test_csv=test_file, shards=score_shards)
             with dsl.ParallelFor(plan.output, name="test-shards") as shard:
                 scored = step(
                     "score",
+                    parameters,
                     onnx_model=exported.outputs["onnx_model"],
                     int8_model=exported.outputs["int8_model"],
                     test_csv=test_file,
-                    score_with_int8=score_with_int8,
                     start_row=shard.start_row,
                     stop_row=shard.stop_row,
                 )
-            joined = step("join", shard_submissions=dsl.Collected(scored.outputs["submission"]))
+            joined = step("join", parameters, shard_submissions=dsl.Collected(scored.outputs["submission"]))
             served = {}
             if deploy_to:
                 deployed = step(
                     "deploy",
+                    parameters,
                     onnx_model=exported.outputs["onnx_model"],
                     service_name=deploy_to.name,
                     namespace=deploy_to.namespace,
                     image=deploy_to.image,
-                    canary_traffic_percent=canary_traffic_percent,
                 )
                 kubernetes.add_pod_annotation(deployed, DEPLOY_RBAC_ANNOTATION, DEPLOY_RBAC)
                 served["service_url"] = deployed.outputs["Output"]
             step(
                 "report",
+                parameters,
                 history=trained.outputs["history"],
                 metrics_json=evaluated.outputs["metrics_json"],
                 submission=joined.outputs["submission"],
@@ -280,7 +280,7 @@ def build_pipeline(
                 **served,
             )
         with dsl.Else(name="not-accurate-enough"):
-            step("reject", accuracy=accuracy, accuracy_threshold=accuracy_threshold)
+            step("reject", parameters, accuracy=accuracy)
         return PipelineOutputs(
             onnx_model=exported.outputs["onnx_model"],
             int8_model=exported.outputs["int8_model"],

@@ -16,13 +16,14 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 
 def download_component(competition: str, train_csv: Output[Dataset], test_csv: Output[Dataset]):
     """Fetch the competition's CSVs with the Kaggle CLI (credentials in KAGGLE_USERNAME/KAGGLE_KEY, from a secret)."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("download")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.download import download
 
-    run_cli(download, dict(train_csv=train_csv.path, test_csv=test_csv.path, competition=competition))
+    run_step(download, given, train_csv=train_csv.path, test_csv=test_csv.path)
     progress.done()
 
 
@@ -36,23 +37,21 @@ def preprocess_component(
     test_data: Output[Dataset],
 ):
     """Validate Kaggle's CSVs and write uint8 arrays: train, stratified validation, test."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("preprocess")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.preprocess import preprocess
 
-    summary = run_cli(
+    summary = run_step(
         preprocess,
-        dict(
-            train_csv=train_csv.path,
-            test_csv=test_csv.path,
-            train_data=train_data.path,
-            validation_data=validation_data.path,
-            test_data=test_data.path,
-            validation_fraction=validation_fraction,
-            seed=seed,
-        ),
+        given,
+        train_csv=train_csv.path,
+        test_csv=test_csv.path,
+        train_data=train_data.path,
+        validation_data=validation_data.path,
+        test_data=test_data.path,
     )
     for artifact, rows in ((train_data, "train_rows"), (validation_data, "validation_rows"), (test_data, "test_rows")):
         artifact.metadata["rows"] = summary[rows]
@@ -95,41 +94,25 @@ def train_component(
     With `checkpoint_dir` (a local run's folder, or the volume a cluster mounts there, where each run has its
     `checkpoint_subfolder`), every epoch is saved, and a retried step goes on from the last one.
     """
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("train")
     import os
 
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.train import train
 
-    result = run_cli(
+    result = run_step(
         train,
-        dict(
-            train_data=train_data.path,
-            validation_data=validation_data.path,
-            model_dir=model.path,
-            history_path=history.path,
-            curves_png=training_curves.path,
-            network=network,
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            learning_rate_schedule=learning_rate_schedule,
-            weight_decay=weight_decay,
-            label_smoothing=label_smoothing,
-            augment=augment,
-            elastic_alpha=elastic_alpha,
-            patience=patience,
-            seed=seed,
-            ensemble_size=ensemble_size,
-            train_on_validation=train_on_validation,
-            ema_momentum=ema_momentum,
-            pseudo_label_data=test_data.path if pseudo_labels else None,
-            pseudo_label_confidence=pseudo_label_confidence,
-            mixed_precision=mixed_precision,
-            checkpoint_dir=os.path.join(checkpoint_dir, checkpoint_subfolder) if checkpoint_dir else None,
-        ),
+        given,
+        train_data=train_data.path,
+        validation_data=validation_data.path,
+        model_dir=model.path,
+        history_path=history.path,
+        curves_png=training_curves.path,
+        pseudo_label_data=test_data.path if pseudo_labels else None,
+        checkpoint_dir=os.path.join(checkpoint_dir, checkpoint_subfolder) if checkpoint_dir else None,
     )
     members = result["members"]
     model.metadata.update(
@@ -154,23 +137,21 @@ def export_component(
 ):
     """Convert the members to one ONNX model with tf2onnx; fail unless onnxruntime matches TensorFlow on the
     validation set; quantize to int8."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("export")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.export import export
 
-    parity = run_cli(
+    parity = run_step(
         export,
-        dict(
-            model_dir=model.path,
-            train_data=train_data.path,
-            validation_data=validation_data.path,
-            onnx_model=onnx_model.path,
-            int8_model=int8_model.path,
-            tta=tta,
-            tolerance=tolerance,
-        ),
+        given,
+        model_dir=model.path,
+        train_data=train_data.path,
+        validation_data=validation_data.path,
+        onnx_model=onnx_model.path,
+        int8_model=int8_model.path,
     )
     for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
         artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
@@ -190,21 +171,21 @@ def evaluate_component(
 ) -> float:
     """Validation accuracy, loss, per-digit precision/recall and the confusion matrix of the ONNX model; returns
     the accuracy for the gate."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("evaluate")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.evaluate import evaluate
 
-    result = run_cli(
+    result = run_step(
         evaluate,
-        dict(
-            onnx_model=onnx_model.path,
-            int8_model=int8_model.path,
-            validation_data=validation_data.path,
-            metrics_json=metrics_json.path,
-            confusion_matrix_png=confusion_matrix.path,
-        ),
+        given,
+        onnx_model=onnx_model.path,
+        int8_model=int8_model.path,
+        validation_data=validation_data.path,
+        metrics_json=metrics_json.path,
+        confusion_matrix_png=confusion_matrix.path,
     )
     for name in ("accuracy", "loss", "errors", "images"):
         metrics.log_metric(name, result[name])
@@ -224,25 +205,27 @@ def evaluate_component(
 
 def reject_component(accuracy: float, accuracy_threshold: float):
     """The gate's other branch: fail the run, saying why the model is not scored or published."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("reject")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.evaluate import require_accuracy
 
-    run_cli(require_accuracy, dict(accuracy=accuracy, accuracy_threshold=accuracy_threshold))
+    run_step(require_accuracy, given)
     progress.done()
 
 
 def shard_plan_component(test_csv: Input[Dataset], shards: int) -> List[dict]:
     """Check test.csv and split its rows into contiguous ranges, one per scoring shard."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("shard_plan")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.score import shard_plan
 
-    plan = run_cli(shard_plan, dict(test_csv=test_csv.path, shards=shards))
+    plan = run_step(shard_plan, given, test_csv=test_csv.path)
     progress.done()
     return plan
 
@@ -259,23 +242,15 @@ def score_component(
 ):
     """Rows start_row up to stop_row of test.csv scored in batches with onnxruntime (fp32 or int8 model): a shard
     of submission.csv."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start(f"score:{start_row}-{stop_row - 1}")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.score import score
 
     model = int8_model if score_with_int8 else onnx_model
-    result = run_cli(
-        score,
-        dict(
-            onnx_model=model.path,
-            test_csv=test_csv.path,
-            submission=submission.path,
-            start_row=start_row,
-            stop_row=stop_row,
-        ),
-    )
+    result = run_step(score, given, onnx_model=model.path, test_csv=test_csv.path, submission=submission.path)
     submission.metadata.update(
         result, model="int8" if score_with_int8 else "fp32", start_row=start_row, stop_row=stop_row
     )
@@ -287,15 +262,18 @@ def score_component(
 
 def join_component(shard_submissions: Input[List[Dataset]], submission: Output[Dataset]):
     """Join the shards, in order, into Kaggle's submission.csv."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("join")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.score import join_submissions
 
-    submission.metadata["rows"] = run_cli(
+    submission.metadata["rows"] = run_step(
         join_submissions,
-        dict(shard_submissions=[shard.path for shard in shard_submissions], submission=submission.path),
+        given,
+        shard_submissions=[shard.path for shard in shard_submissions],
+        submission=submission.path,
     )
     progress.figure(f"joined {submission.metadata['rows']} rows into submission.csv")
     progress.done()
@@ -312,23 +290,22 @@ def report_component(
 ):
     """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits
     with predictions."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("report")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.report import report as write_report
 
-    run_cli(
+    run_step(
         write_report,
-        dict(
-            history=history.path,
-            metrics_json=metrics_json.path,
-            submission=submission.path,
-            test_csv=test_csv.path,
-            report_html=report.path,
-            test_samples_png=test_samples.path,
-            service_url=service_url,
-        ),
+        given,
+        history=history.path,
+        metrics_json=metrics_json.path,
+        submission=submission.path,
+        test_csv=test_csv.path,
+        report_html=report.path,
+        test_samples_png=test_samples.path,
     )
     progress.done()
 
@@ -343,23 +320,14 @@ def deploy_component(
 ) -> str:
     """Serve the model with KServe: create or update the InferenceService `service_name` (its storage URI the
     model's), wait until Ready; returns its URL."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
     progress.start("deploy")
-    from components.cli import run_cli
+    from components.cli import run_step
     from components.deploy import deploy
 
-    result = run_cli(
-        deploy,
-        dict(
-            name=service_name,
-            storage_uri=onnx_model.uri,
-            namespace=namespace,
-            image=image,
-            canary_traffic_percent=canary_traffic_percent,
-            result_json=deployment.path,
-        ),
-    )
+    result = run_step(deploy, given, name=service_name, storage_uri=onnx_model.uri, result_json=deployment.path)
     deployment.metadata.update(result)
     progress.done()
     return result["url"]
