@@ -138,10 +138,11 @@ def export(
     with atomic_path(onnx_model) as temporary:
         temporary.write_bytes(to_onnx(function, opset).SerializeToString())
         max_difference, label_mismatches = parity(function, load_session(temporary), images)
-        progress.say(
+        print(  # for the run's log; the console shows the step's key figure
             f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
             f"parity on {len(images)} validation images: max |p_tensorflow - p_onnx| = {max_difference:.2e}, "
-            f"{label_mismatches} differing labels"
+            f"{label_mismatches} differing labels",
+            flush=True,
         )
         if max_difference >= tolerance or label_mismatches:
             raise InputError(
