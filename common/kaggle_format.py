@@ -1,4 +1,5 @@
 """Kaggle's Digit Recognizer CSV format: columns, and what makes a value good (no pandas: the server uses it too)."""
+
 import re
 
 IMAGE_SIZE = 28

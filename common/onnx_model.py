@@ -3,6 +3,7 @@
 The model takes raw 0-255 pixels as float32 `pixels` [n, 28, 28, 1] and returns
 `probabilities` [n, 10] and `label` [n].
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def predict(session, images, batch_size=1024):
     """Probabilities [n, 10] and labels [n] for uint8 or float images [n, 28, 28, 1], in batches."""
     probabilities, labels = [], []
     for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
         batch_probabilities, batch_labels = session.run(OUTPUT_NAMES, {INPUT_NAME: batch})
         probabilities.append(batch_probabilities)
         labels.append(batch_labels)

@@ -1,4 +1,5 @@
 """The server: KServe V2 endpoints, /predict, the drawing page, Prometheus metrics, access logs."""
+
 import asyncio
 import contextlib
 import json
@@ -15,9 +16,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from components.artifacts import InputError
-from components.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
-from components.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
+from common.errors import InputError
+from common.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
+from common.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
 from serving.batching import Batcher
 from serving.errors import BadRequest
 from serving.images import image_to_pixels
@@ -29,20 +30,43 @@ access_log = logging.getLogger("serving.access")
 
 
 class ModelServer:
-    """The loaded model, its batcher and its metrics; `ready` only once loaded and warmed."""
+    """The loaded model, its batcher and its metrics; `ready` only once loaded and warmed.
 
-    def __init__(self, model_path, name="digit-recognizer", max_batch_size=64, max_wait_ms=0.0,
-                 max_images=1024, max_body_bytes=8 * 1024 * 1024, threads=0):
+    `draining` (set on SIGTERM by serving.__main__): the server still answers every request, but
+    reports not ready and closes each connection after its answer, so load balancers move away.
+    """
+
+    def __init__(
+        self,
+        model_path,
+        name="digit-recognizer",
+        max_batch_size=64,
+        max_wait_ms=0.0,
+        max_images=1024,
+        max_body_bytes=8 * 1024 * 1024,
+        threads=0,
+    ):
         self.model_path, self.name, self.threads = Path(model_path), name, threads
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self.max_images, self.max_body_bytes = max_images, max_body_bytes
-        self.session, self.batcher, self.ready = None, None, False
+        self.session, self.batcher, self.ready, self.draining = None, None, False, False
         self.registry = CollectorRegistry()
-        self.requests = Counter("requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry)
-        self.latency = Histogram("request_seconds", "HTTP request latency by route", ["route"], registry=self.registry,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.batch_sizes = Histogram("batch_images", "images per onnxruntime call", registry=self.registry,
-                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.requests = Counter(
+            "requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_sizes = Histogram(
+            "batch_images",
+            "images per onnxruntime call",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
 
     def load(self):
         """Load and warm the model (a thread: the server answers liveness meanwhile)."""
@@ -124,11 +148,15 @@ def create_app(model_path, **settings):
         server.ready = True
         access_log.info(json.dumps({"event": "ready", "model": str(server.model_path)}))
 
-    app = FastAPI(title="Digit Recognizer", version="1",
-                  description="KServe V2 inference protocol and a /predict endpoint for the digit model.",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="Digit Recognizer",
+        version="1",
+        description="KServe V2 inference protocol and a /predict endpoint for the digit model.",
+        lifespan=lifespan,
+    )
     app.state.server = server
     app.add_middleware(MetricsAndAccessLog, server=server)
+    app.add_middleware(CloseWhileDraining, server=server)
 
     @app.exception_handler(BadRequest)
     async def bad_request(request, error):
@@ -147,18 +175,23 @@ def create_app(model_path, **settings):
         return {"live": True}
 
     # The V2 protocol answers readiness with the status: 200 for true, a 4xx for false.
-    @app.get("/v2/health/ready", summary="Readiness: true once the model is loaded and warmed")
+    @app.get("/v2/health/ready", summary="Readiness: true once the model is loaded and warmed, until shutdown begins")
     async def ready():
-        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 400)
+        ready = server.ready and not server.draining
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
 
     @app.get("/v2/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
     async def model_metadata(name: str):
         server.check_model_name(name)
         return {
-            "name": server.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "name": server.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
             "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                        {"name": "label", "datatype": "INT64", "shape": [-1]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+            ],
         }
 
     @app.get("/v2/models/{name}/ready", summary="Model readiness")
@@ -179,11 +212,16 @@ def create_app(model_path, **settings):
         media_type = "application/octet-stream" if binary else "application/json"
         return Response(content, media_type=media_type, headers=headers)
 
-    @app.post("/predict", summary="Predict digits from an image (PNG/JPEG, raw or multipart 'file'), JSON pixels, or Kaggle CSV rows")
+    @app.post(
+        "/predict",
+        summary="Predict digits from an image (PNG/JPEG, raw or multipart 'file'), JSON pixels, or Kaggle CSV rows",
+    )
     async def predict(request: Request):
         images = await images_from_request(server, request)
         probabilities, labels = await server.infer(images)
-        predictions = [{"label": int(label), "probabilities": row} for label, row in zip(labels, probabilities.tolist())]
+        predictions = [
+            {"label": int(label), "probabilities": row} for label, row in zip(labels, probabilities.tolist())
+        ]
         single = predictions[0] if len(predictions) == 1 and not getattr(request.state, "many", False) else None
         return Response(orjson.dumps(single or {"predictions": predictions}), media_type="application/json")
 
@@ -230,8 +268,11 @@ async def images_from_request(server, request):
     if content_type in ("text/csv", "application/csv"):
         request.state.many = True
         return _csv_images(body)
-    raise BadRequest(f"unsupported content type {content_type or '(none)'!r}: send image/png, image/jpeg, "
-                     "multipart/form-data, application/json or text/csv", status=415)
+    raise BadRequest(
+        f"unsupported content type {content_type or '(none)'!r}: send image/png, image/jpeg, "
+        "multipart/form-data, application/json or text/csv",
+        status=415,
+    )
 
 
 def _numbers(values, what, expected=None):
@@ -283,8 +324,32 @@ def _csv_images(body):
     outside = np.argwhere((pixels < 0) | (pixels > 255))
     if len(outside):
         row, column = outside[0]
-        raise BadRequest(f"CSV row {row + 1}, column 'pixel{column}': pixel value {pixels[row, column]} is outside 0-255")
+        raise BadRequest(
+            f"CSV row {row + 1}, column 'pixel{column}': pixel value {pixels[row, column]} is outside 0-255"
+        )
     return pixels_from_array(pixels, "CSV")
+
+
+class CloseWhileDraining:
+    """Pure ASGI middleware: while draining, every answer says `Connection: close`.
+
+    A client's kept-alive connection would otherwise stay on this server until it exits; closed,
+    the client's next request opens a new one, which the load balancer sends to a ready server.
+    """
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_closing(message):
+            if message["type"] == "http.response.start" and self.server.draining:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 class MetricsAndAccessLog:
@@ -311,11 +376,18 @@ class MetricsAndAccessLog:
             self.server.requests.labels(route, str(status[0])).inc()
             self.server.latency.labels(route).observe(seconds)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(json.dumps({
-                    "time": round(time.time(), 3), "method": scope["method"], "path": scope["path"],
-                    "status": status[0], "ms": round(seconds * 1000, 2),
-                    "client": scope["client"][0] if scope.get("client") else None,
-                }))
+                access_log.info(
+                    json.dumps(
+                        {
+                            "time": round(time.time(), 3),
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status[0],
+                            "ms": round(seconds * 1000, 2),
+                            "client": scope["client"][0] if scope.get("client") else None,
+                        }
+                    )
+                )
 
 
 def configure_logging(access_log_enabled=True):

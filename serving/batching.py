@@ -6,6 +6,7 @@ reading requests meanwhile; the next call takes every request that queued up, up
 batches grow by themselves; `max_wait_ms` (default 0: no added latency) makes the first
 request of a batch wait that long for company.
 """
+
 import asyncio
 import time
 
@@ -70,5 +71,5 @@ class Batcher:
         start = 0
         for images, future in waiting:
             if not future.done():  # a client that hung up has cancelled its future
-                future.set_result((probabilities[start:start + len(images)], labels[start:start + len(images)]))
+                future.set_result((probabilities[start : start + len(images)], labels[start : start + len(images)]))
             start += len(images)

@@ -4,6 +4,7 @@ MNIST was made this way: grey levels, ink bright on black, the digit cropped to 
 ink, scaled (keeping its shape) to fit a 20x20 box, and placed in 28x28 so that its
 centre of mass is the centre of the image.
 """
+
 import io
 
 import numpy as np
@@ -41,14 +42,14 @@ def mnist_like(grey):
     ink_level = np.clip((grey - background) / (ink - background), 0, 1)
     ink_level[ink_level < 0.2] = 0  # paper texture and shadows are not ink
     rows, columns = np.nonzero(ink_level)
-    ink_level = ink_level[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+    ink_level = ink_level[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
     height, width = ink_level.shape
     scale = 20 / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     digit = np.asarray(Image.fromarray((ink_level * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float32)
     canvas = np.zeros((28, 28), np.float32)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
-    canvas[top:top + size[1], left:left + size[0]] = digit
+    canvas[top : top + size[1], left : left + size[0]] = digit
     return centre_by_mass(canvas)
 
 
@@ -61,9 +62,11 @@ def centre_by_mass(canvas):
     shift_rows = int(round(13.5 - (rows * canvas).sum() / total))
     shift_columns = int(round(13.5 - (columns * canvas).sum() / total))
     shifted = np.zeros_like(canvas)
-    source = canvas[max(0, -shift_rows):28 - max(0, shift_rows), max(0, -shift_columns):28 - max(0, shift_columns)]
-    shifted[max(0, shift_rows):max(0, shift_rows) + source.shape[0],
-            max(0, shift_columns):max(0, shift_columns) + source.shape[1]] = source
+    source = canvas[max(0, -shift_rows) : 28 - max(0, shift_rows), max(0, -shift_columns) : 28 - max(0, shift_columns)]
+    shifted[
+        max(0, shift_rows) : max(0, shift_rows) + source.shape[0],
+        max(0, shift_columns) : max(0, shift_columns) + source.shape[1],
+    ] = source
     return shifted
 
 

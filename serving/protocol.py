@@ -4,6 +4,7 @@ JSON tensors (`name`, `shape`, `datatype`, `data`) and the binary tensor extensi
 (Triton's `binary_data`: a JSON header of `Inference-Header-Content-Length` bytes, then
 raw little-endian tensors in order). A batch of N images is shape [N, 28, 28, 1] or [N, 784].
 """
+
 import math
 
 import numpy as np
@@ -13,9 +14,17 @@ from common.onnx_model import INPUT_NAME
 from serving.errors import BadRequest
 
 DATATYPES = {
-    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
 }
 
 
@@ -38,7 +47,9 @@ def parse_infer_request(body, header_length=None):
     """A V2 request body as (request id, images [n, 28, 28, 1], requested output names, binary reply wanted)."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes")
+            raise BadRequest(
+                f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes"
+            )
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
@@ -81,7 +92,9 @@ def _tensor_values(tensor, binary):
     expected = math.prod(shape)
     if binary_size is not None:
         if binary_size != expected * dtype.itemsize or len(binary) < binary_size:
-            raise BadRequest(f"input {name!r}: binary_data_size {binary_size} does not match shape {shape} of {datatype}")
+            raise BadRequest(
+                f"input {name!r}: binary_data_size {binary_size} does not match shape {shape} of {datatype}"
+            )
         values = np.frombuffer(binary[:binary_size], dtype=dtype)
     else:
         data = tensor.get("data")

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -9,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "digit-recognizer"
 KSERVE_CRD = ROOT.parent / "shared" / "k8s" / "kserve-inferenceservice-crd.yaml"  # KServe v0.20's, beside the clone
+TRAIN_IMAGE = "digit-recognizer-train:test"
+SERVE_IMAGE = "digit-recognizer-serve:test"
 
 
 def unavailable(reason):
@@ -37,8 +40,9 @@ def arrays(tmp_path_factory, fixture_data):
 
     folder = tmp_path_factory.mktemp("arrays")
     paths = {name: folder / f"{name}.npz" for name in ("train", "validation", "test")}
-    preprocess(fixture_data / "train.csv", fixture_data / "test.csv",
-               paths["train"], paths["validation"], paths["test"])
+    preprocess(
+        fixture_data / "train.csv", fixture_data / "test.csv", paths["train"], paths["validation"], paths["test"]
+    )
     return paths
 
 
@@ -48,8 +52,15 @@ def trained_model(tmp_path_factory, arrays):
     from components.train import train
 
     folder = tmp_path_factory.mktemp("model")
-    history = train(arrays["train"], arrays["validation"], folder, folder / "history.json",
-                    epochs=8, batch_size=32, curves_png=folder / "curves.png")
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        folder,
+        folder / "history.json",
+        epochs=8,
+        batch_size=32,
+        curves_png=folder / "curves.png",
+    )
     return folder, history
 
 
@@ -73,6 +84,36 @@ def run_module(*arguments, cwd=ROOT):
     return subprocess.run([sys.executable, *arguments], cwd=cwd, capture_output=True, text=True)
 
 
+def docker(*arguments, check=True):
+    """`docker ARGUMENTS` from the repository root; the CompletedProcess (text)."""
+    return subprocess.run(["docker", *arguments], cwd=ROOT, capture_output=True, text=True, check=check)
+
+
+def docker_build(*arguments):
+    result = docker("build", *arguments, ".", check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    if not (shutil.which("docker") and docker("info", check=False).returncode == 0):
+        unavailable("no Docker engine: .ci/run starts one with ../shared/tools/docker-up")
+
+
+@pytest.fixture(scope="session")
+def serve_image(docker_engine):
+    """Dockerfile.serve built once per session (the Docker tests and the node's pods run it)."""
+    docker_build("-f", "Dockerfile.serve", "-t", SERVE_IMAGE)
+    return SERVE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def train_image(docker_engine):
+    """Dockerfile.train for the CPU built once per session: it installs TensorFlow (minutes the first time)."""
+    docker_build("-f", "Dockerfile.train", "--build-arg", "TENSORFLOW=cpu", "-t", TRAIN_IMAGE)
+    return TRAIN_IMAGE
+
+
 @pytest.fixture(scope="session")
 def kserve_crd():
     """KServe's InferenceService CustomResourceDefinition, parsed."""
@@ -86,11 +127,11 @@ def kserve_crd():
 
 @pytest.fixture(scope="session")
 def kube_api():
-    """A client of the Kubernetes API server that KUBECONFIG names (.ci/run starts one: eval "$(../shared/tools/kube-up)")."""
+    """A client of the Kubernetes API server that KUBECONFIG names (.ci/run starts one, with a node: kube-node)."""
     from kubernetes import client, config
 
     if not os.environ.get("KUBECONFIG"):
-        unavailable("no KUBECONFIG: start an API server with eval \"$(../shared/tools/kube-up)\"")
+        unavailable('no KUBECONFIG: start an API server with eval "$(../shared/tools/kube-up)"')
     try:
         api_client = config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
         client.VersionApi(api_client).get_code()
@@ -113,11 +154,33 @@ def kserve_api(kube_api, kserve_crd):
         if error.status != 409:  # 409: installed by an earlier session on the same server
             raise
     deadline = time.monotonic() + 30
-    while not any(condition.type == "Established" and condition.status == "True"
-                  for condition in extensions.read_custom_resource_definition(kserve_crd["metadata"]["name"]).status.conditions or []):
+    while not any(
+        condition.type == "Established" and condition.status == "True"
+        for condition in extensions.read_custom_resource_definition(kserve_crd["metadata"]["name"]).status.conditions
+        or []
+    ):
         assert time.monotonic() < deadline, "KServe's CRD was not established within 30 s"
         time.sleep(0.1)
     return kube_api
+
+
+@pytest.fixture(scope="session")
+def kube_node(kube_api):
+    """`kube_api` with a Ready node on which pods run (.ci/run starts one: eval "$(../shared/tools/kube-node)");
+    the kubectl of the node's version, which kube-node keeps in kube-up's cache."""
+    from kubernetes import client
+
+    nodes = client.CoreV1Api(kube_api).list_node().items
+    if not any(
+        condition.type == "Ready" and condition.status == "True"
+        for node in nodes
+        for condition in node.status.conditions or []
+    ):
+        unavailable('no Ready Kubernetes node: start one with eval "$(../shared/tools/kube-node)"')
+    kubectl = Path(os.environ.get("KUBE_UP_CACHE", "/var/cache/kube-up")) / "bin" / "kubectl"
+    if not kubectl.is_file():
+        unavailable(f"{kubectl} not found (kube-node installs it; set KUBE_UP_CACHE to its cache)")
+    return kubectl
 
 
 @pytest.fixture

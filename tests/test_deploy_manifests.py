@@ -5,6 +5,7 @@ are errors), the InferenceService against KServe's CRD schema made as strict; th
 API server (1.20, which drops unknown fields silently), a server-side dry run of each object
 whose API version it serves.
 """
+
 import copy
 from pathlib import Path
 
@@ -24,8 +25,13 @@ NOT_SERVED_BY_1_20 = {("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1
 
 def manifests():
     """(file, object) for every object in deploy/ (kustomization files are kustomize's, not the API's)."""
-    return [(path, document) for path in sorted(DEPLOY.rglob("*.yaml")) if path.name != "kustomization.yaml"
-            for document in yaml.safe_load_all(path.read_text()) if document]
+    return [
+        (path, document)
+        for path in sorted(DEPLOY.rglob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
 
 
 def objects_by_kind():
@@ -42,7 +48,11 @@ def strict(schema):
 
     def visit(node):
         if isinstance(node, dict):
-            if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node.setdefault("additionalProperties", False)
             for value in node.values():
                 visit(value)
@@ -63,7 +73,10 @@ def inference_service_schema(kserve_crd):
 def problems(document, inference_service_schema):
     """Every schema violation of `document`, one line each (empty: valid)."""
     if document["kind"] == "InferenceService":
-        return [f"{'.'.join(map(str, error.absolute_path))}: {error.message}" for error in inference_service_schema.iter_errors(document)]
+        return [
+            f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
+            for error in inference_service_schema.iter_errors(document)
+        ]
     found = []
     for version in KUBERNETES_VERSIONS:
         try:
@@ -88,15 +101,30 @@ def merge_patch(target, patch):
 
 def step_objects():
     """What the deploy step sends: the created service (with and without options) and the service after an update."""
-    created = inference_service("digits", "s3://bucket/run-1/onnx_model", "registry.example/digit-recognizer-serve:v1", "team")
-    options = inference_service("digits", "gs://bucket/run-1/onnx_model", namespace="team", min_replicas=0, max_replicas=8,
-                                service_account="model-reader", cpu="2", memory="2Gi")
+    created = inference_service(
+        "digits", "s3://bucket/run-1/onnx_model", "registry.example/digit-recognizer-serve:v1", "team"
+    )
+    options = inference_service(
+        "digits",
+        "gs://bucket/run-1/onnx_model",
+        namespace="team",
+        min_replicas=0,
+        max_replicas=8,
+        service_account="model-reader",
+        cpu="2",
+        memory="2Gi",
+    )
     existing = {**created, "metadata": {**created["metadata"], "resourceVersion": "7"}}
-    patched = merge_patch(existing, update_patch(existing, "s3://bucket/run-2/onnx_model", "registry.example/digit-recognizer-serve:v2", 10))
+    patched = merge_patch(
+        existing,
+        update_patch(existing, "s3://bucket/run-2/onnx_model", "registry.example/digit-recognizer-serve:v2", 10),
+    )
     return {"created": created, "with options": options, "updated": patched}
 
 
-@pytest.mark.parametrize("path, document", manifests(), ids=lambda value: value.name if isinstance(value, Path) else value.get("kind"))
+@pytest.mark.parametrize(
+    "path, document", manifests(), ids=lambda value: value.name if isinstance(value, Path) else value.get("kind")
+)
 def test_every_manifest_is_valid_strictly(path, document, inference_service_schema):
     assert problems(document, inference_service_schema) == [], path
 
@@ -111,18 +139,23 @@ def test_every_object_the_step_sends_is_valid_strictly(name, inference_service_s
 
 def test_the_strict_checks_catch_an_unknown_field(inference_service_schema):
     deployment = copy.deepcopy(objects_by_kind()["Deployment"])
-    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFilesystem"] = True  # belongs in securityContext
+    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFilesystem"] = (
+        True  # belongs in securityContext
+    )
     assert any("readOnlyRootFilesystem" in problem for problem in problems(deployment, inference_service_schema))
     service = step_objects()["created"]
     service["spec"]["predictor"]["canaryTrafficPercents"] = 10
     assert problems(service, inference_service_schema) == [
-        "spec.predictor: Additional properties are not allowed ('canaryTrafficPercents' was unexpected)"]
+        "spec.predictor: Additional properties are not allowed ('canaryTrafficPercents' was unexpected)"
+    ]
 
 
 def test_the_kustomizations_list_every_manifest():
     for folder in (DEPLOY, DEPLOY / "kserve"):
         listed = yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
-        assert sorted(listed) == sorted(path.name for path in folder.glob("*.yaml") if path.name != "kustomization.yaml"), folder
+        assert sorted(listed) == sorted(
+            path.name for path in folder.glob("*.yaml") if path.name != "kustomization.yaml"
+        ), folder
 
 
 def test_the_kserve_manifest_is_what_the_step_creates():
@@ -141,25 +174,50 @@ def test_the_deployment_runs_the_server_hardened_with_probes_on_what_it_serves(s
     assert deployment["spec"]["replicas"] == 2
     routes = {route.path for route in create_app(served_model).routes}
     probes = {name: container[name]["httpGet"]["path"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert probes == {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready", "livenessProbe": "/v2/health/live"}
+    assert probes == {
+        "startupProbe": "/v2/health/ready",
+        "readinessProbe": "/v2/health/ready",
+        "livenessProbe": "/v2/health/live",
+    }
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert set(probes.values()) | {annotations["prometheus.io/path"]} <= routes
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
-    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and {"cpu", "memory"} <= set(
+        container["resources"]["limits"]
+    )
     assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
     assert mounts["/mnt/models"]["readOnly"] is True and container["args"][:2] == ["--model", "/mnt/models"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    assert volumes[mounts["/mnt/models"]["name"]]["persistentVolumeClaim"]["claimName"] == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        volumes[mounts["/mnt/models"]["name"]]["persistentVolumeClaim"]["claimName"]
+        == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     # The Service, autoscaler and disruption budget all point at this Deployment's pods.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert kinds["Service"]["spec"]["selector"].items() <= labels.items()
     assert kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert kinds["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+
+
+def test_the_deployment_stops_a_pod_only_once_traffic_has_left_it():
+    """What a rollout that drops no request rests on (tests/test_kube_node.py rolls one out under traffic)."""
+    deployment = objects_by_kind()["Deployment"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sleep, seconds = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep" and "--drain-seconds" not in container["args"]  # the server's default drain: 5 s
+    assert pod["terminationGracePeriodSeconds"] >= int(seconds) + 5 + 30  # then up to 30 s for requests in flight
 
 
 def test_the_api_server_accepts_every_manifest_in_a_dry_run(kserve_api, namespace):
@@ -178,9 +236,11 @@ def test_the_api_server_accepts_every_manifest_in_a_dry_run(kserve_api, namespac
         created = resource.create(body=body, namespace=namespace, dry_run="All")
         assert created.metadata.name == document["metadata"]["name"], path
     assert skipped == NOT_SERVED_BY_1_20
-    # The dry run validates for real: a bad value is refused (an unknown field 1.20 would drop; the offline check refuses it).
+    # The dry run validates for real: a bad value is refused (1.20 drops an unknown field; the offline check refuses).
     deployment = copy.deepcopy(objects_by_kind()["Deployment"])
     deployment["metadata"]["namespace"] = namespace
     deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = "not_a_port_name"
     with pytest.raises(UnprocessibleEntityError, match="livenessProbe.httpGet.port"):
-        dynamic.resources.get(api_version="apps/v1", kind="Deployment").create(body=deployment, namespace=namespace, dry_run="All")
+        dynamic.resources.get(api_version="apps/v1", kind="Deployment").create(
+            body=deployment, namespace=namespace, dry_run="All"
+        )

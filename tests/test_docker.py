@@ -2,12 +2,11 @@
 
 They need a Docker engine (.ci/run starts one with shared/tools/docker-up); in CI they fail, not skip, without one.
 """
+
 import contextlib
 import io
 import json
-import os
 import shutil
-import subprocess
 import time
 
 import httpx
@@ -16,47 +15,27 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, SERVE_IMAGE, docker, docker_build, run_module
 from tests.serving.test_main import free_port
 
-TRAIN_IMAGE = "digit-recognizer-train:test"
-SERVE_IMAGE = "digit-recognizer-serve:test"
 
-
-def docker(*arguments, check=True):
-    return subprocess.run(["docker", *arguments], cwd=ROOT, capture_output=True, text=True, check=check)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    available = shutil.which("docker") and docker("info", check=False).returncode == 0
-    if not available:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no Docker engine: .ci/run starts one with ../shared/tools/docker-up")
-        pytest.skip("no Docker engine (start one to run these tests)")
-
-
-def build(*arguments):
-    result = docker("build", *arguments, ".", check=False)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def serve_image(engine):
-    build("-f", "Dockerfile.serve", "-t", SERVE_IMAGE)
-
-
-@pytest.fixture(scope="module")
-def images(engine, serve_image):
-    build("-f", "Dockerfile.train", "--build-arg", "TENSORFLOW=cpu", "-t", TRAIN_IMAGE)
-
-
-def test_pipeline_in_docker_gives_the_local_run_outputs(images, tmp_path, fixture_data):
+def test_pipeline_in_docker_gives_the_local_run_outputs(train_image, serve_image, tmp_path, fixture_data):
     runs = {}
     for name, extra in (("docker", ["--docker", "--tag", "test"]), ("local", [])):
         out = tmp_path / name
-        result = run_module("pipeline.py", "run", "--data", str(fixture_data), "--out", str(out), "--profile", "quick",
-                            "--param", "accuracy_threshold=0", *extra)
+        result = run_module(
+            "pipeline.py",
+            "run",
+            "--data",
+            str(fixture_data),
+            "--out",
+            str(out),
+            "--profile",
+            "quick",
+            "--param",
+            "accuracy_threshold=0",
+            *extra,
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         runs[name] = out
     docker_submission = pd.read_csv(runs["docker"] / "submission.csv")
@@ -67,8 +46,17 @@ def test_pipeline_in_docker_gives_the_local_run_outputs(images, tmp_path, fixtur
 
 
 def test_serve_image_has_no_tensorflow_runs_as_non_root_and_is_small(serve_image):
-    assert docker("run", "--rm", SERVE_IMAGE, "python", "-c",
-                  "import importlib.util; print(importlib.util.find_spec('tensorflow'))").stdout.strip() == "None"
+    assert (
+        docker(
+            "run",
+            "--rm",
+            SERVE_IMAGE,
+            "python",
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('tensorflow'))",
+        ).stdout.strip()
+        == "None"
+    )
     assert docker("run", "--rm", SERVE_IMAGE, "id", "-u").stdout.strip() == "10001"
     size = int(docker("image", "inspect", SERVE_IMAGE, "--format", "{{.Size}}").stdout)
     base = int(docker("image", "inspect", "python:3.11-slim", "--format", "{{.Size}}").stdout)
@@ -82,7 +70,7 @@ def test_serve_container_becomes_healthy_and_answers(serve_image, served_model, 
     if baked:
         image = f"{SERVE_IMAGE}-baked"
         relative = served_model.relative_to(ROOT)
-        docker("build", "-f", "Dockerfile.serve", "--build-arg", f"MODEL={relative}", "-t", image, ".")
+        docker_build("-f", "Dockerfile.serve", "--build-arg", f"MODEL={relative}", "-t", image)
         volume = []
     with running(*volume, image) as (url, _):
         assert_answers_v2(url)
@@ -105,32 +93,60 @@ def running(*arguments):
 
 def assert_answers_v2(url):
     infer = f"{url}/v2/models/digit-recognizer/infer"
-    pixels = np.loadtxt(ROOT / "tests/fixtures/digit-recognizer/train.csv", delimiter=",", skiprows=1, dtype=int, max_rows=1)
-    good = httpx.post(infer, json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "INT32", "data": pixels[1:].tolist()}]})
+    pixels = np.loadtxt(
+        ROOT / "tests/fixtures/digit-recognizer/train.csv", delimiter=",", skiprows=1, dtype=int, max_rows=1
+    )
+    good = httpx.post(
+        infer,
+        json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "INT32", "data": pixels[1:].tolist()}]},
+    )
     assert good.status_code == 200
     assert good.json()["outputs"][1]["data"] == [pixels[0]]
-    bad = httpx.post(infer, json={"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "INT32", "data": [0] * 783}]})
+    bad = httpx.post(
+        infer, json={"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "INT32", "data": [0] * 783}]}
+    )
     assert bad.status_code == 400 and "783" in bad.json()["error"]
 
 
 def test_serve_container_runs_as_the_deployment_runs_it(serve_image, served_model, tmp_path):
     """deploy/'s securityContext under Docker: another non-root user id, read-only root filesystem, no capabilities,
-    no privilege escalation, /tmp the only writable place, the model on a read-only mount under KServe's artifact name."""
-    (container,) = yaml.safe_load((ROOT / "deploy/deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"]
+    no privilege escalation, /tmp the only writable place, the model read-only under KServe's artifact name."""
+    (container,) = yaml.safe_load((ROOT / "deploy/deployment.yaml").read_text())["spec"]["template"]["spec"][
+        "containers"
+    ]
     models = tmp_path / "models"
     models.mkdir()
     shutil.copyfile(served_model, models / "onnx_model")  # as KServe's storage initializer leaves a KFP artifact
     models.chmod(0o755)  # readable by any user id, whatever the umask
     (models / "onnx_model").chmod(0o644)
-    with running("--user", "12345:0", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-                 "--security-opt", "no-new-privileges", "-v", f"{models}:/mnt/models:ro",
-                 SERVE_IMAGE, *container["command"], *container["args"]) as (url, running_container):
+    with running(
+        "--user",
+        "12345:0",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-v",
+        f"{models}:/mnt/models:ro",
+        SERVE_IMAGE,
+        *container["command"],
+        *container["args"],
+    ) as (url, running_container):
         assert_answers_v2(url)
         # An upload past the form parser's 1 MB in memory spills to /tmp, the one writable place.
         upload = httpx.post(f"{url}/predict", files={"file": ("digit.png", digit_png(), "image/png")})
         assert upload.status_code == 200 and upload.json()["label"] in range(10)
-        inside = docker("exec", running_container, "sh", "-c",
-                        "id -u; touch /app/x 2>&1; touch /mnt/models/x 2>&1; grep CapEff /proc/1/status", check=False).stdout
+        inside = docker(
+            "exec",
+            running_container,
+            "sh",
+            "-c",
+            "id -u; touch /app/x 2>&1; touch /mnt/models/x 2>&1; grep CapEff /proc/1/status",
+            check=False,
+        ).stdout
         assert inside.splitlines()[0] == "12345"
         assert inside.count("Read-only file system") == 2
         assert "CapEff:\t0000000000000000" in inside

@@ -21,8 +21,17 @@ def digits(fixture_data):
 
 
 def v2_request(pixels, datatype="UINT8", **extra):
-    return {"inputs": [{"name": "pixels", "shape": [len(pixels), 784], "datatype": datatype,
-                        "data": np.asarray(pixels).ravel().tolist()}], **extra}
+    return {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [len(pixels), 784],
+                "datatype": datatype,
+                "data": np.asarray(pixels).ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
 
 
 def test_health_and_metadata(client):
@@ -49,8 +58,21 @@ def test_v2_infer_json(client, digits):
 
 
 # The V2 protocol's documented JSON objects: every field the spec allows, and which are required.
-SPEC_DATATYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-                  "FP16", "FP32", "FP64", "BYTES"}
+SPEC_DATATYPES = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+}
 
 
 def check_spec_tensors(tensors, allowed, required):
@@ -66,24 +88,44 @@ def test_v2_objects_match_the_documented_json(client, digits):
     server = client.get("/v2").json()
     assert set(server) == {"name", "version", "extensions"} and isinstance(server["extensions"], list)
     metadata = client.get("/v2/models/digit-recognizer").json()
-    assert {"name", "platform", "inputs", "outputs"} <= set(metadata) <= {"name", "versions", "platform", "inputs", "outputs"}
-    check_spec_tensors(metadata["inputs"] + metadata["outputs"], {"name", "datatype", "shape"}, {"name", "datatype", "shape"})
+    assert (
+        {"name", "platform", "inputs", "outputs"}
+        <= set(metadata)
+        <= {"name", "versions", "platform", "inputs", "outputs"}
+    )
+    check_spec_tensors(
+        metadata["inputs"] + metadata["outputs"], {"name", "datatype", "shape"}, {"name", "datatype", "shape"}
+    )
     _, pixels = digits
     answer = client.post(INFER, json=v2_request(pixels[:3], id="abc")).json()
     assert {"model_name", "outputs"} <= set(answer) <= {"model_name", "model_version", "id", "parameters", "outputs"}
-    check_spec_tensors(answer["outputs"], {"name", "shape", "datatype", "parameters", "data"}, {"name", "shape", "datatype", "data"})
+    check_spec_tensors(
+        answer["outputs"], {"name", "shape", "datatype", "parameters", "data"}, {"name", "shape", "datatype", "data"}
+    )
     asked = client.post(INFER, json=v2_request(pixels[:3], outputs=[{"name": "label"}])).json()
     assert [output["name"] for output in asked["outputs"]] == ["label"] and "id" not in asked
 
 
 def test_v2_infer_binary(client, digits):
     labels, pixels = digits
-    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [32, 28, 28, 1], "datatype": "UINT8",
-                                       "parameters": {"binary_data_size": pixels.size}}],
-                           "outputs": [{"name": "label", "parameters": {"binary_data": True}}]})
-    response = client.post(INFER, content=header + pixels.tobytes(),
-                           headers={"Inference-Header-Content-Length": str(len(header)),
-                                    "Content-Type": "application/octet-stream"})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [32, 28, 28, 1],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.size},
+                }
+            ],
+            "outputs": [{"name": "label", "parameters": {"binary_data": True}}],
+        }
+    )
+    response = client.post(
+        INFER,
+        content=header + pixels.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
     assert response.status_code == 200
     length = int(response.headers["inference-header-content-length"])
     predicted = np.frombuffer(response.content[length:], "<i8")
@@ -108,35 +150,99 @@ def test_predict_json_csv_and_images(client, digits):
     assert raw["label"] == form["label"] == labels[0]
 
 
-@pytest.mark.parametrize("path, kwargs, status, message", [
-    (INFER, {"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "BOOL", "data": [0] * 784}]}}, 400, "datatype 'BOOL'"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "UINT8", "data": [0] * 783}]}}, 400, "is not [N, 28, 28, 1] or [N, 784]"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 783}]}}, 400, "'data' has 783"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [300] * 784}]}}, 400, "0-255"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [0, 784], "datatype": "FP32", "data": []}]}}, 400, "the batch is empty"),
-    (INFER, {"json": {"inputs": [{"name": "pixels", "shape": [65, 784], "datatype": "UINT8", "data": [0] * 65 * 784}]}}, 413, "over the limit of 64"),
-    (INFER, {"content": b"x" * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}}, 413, "over the limit"),
-    ("/predict", {"files": {"file": ("big.png", b"x" * (1024 * 1024 + 1), "image/png")}}, 413, "over the limit"),
-    ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
-    ("/v2/models/other", {}, 404, "unknown model 'other'"),
-    ("/predict", {"content": b"GIF89a nonsense", "headers": {"Content-Type": "image/gif"}}, 400, "not an image"),
-    ("/predict", {"content": b"hello", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported content type 'text/plain'"),
-    ("/predict", {"json": {"pixels": [0] * 783}}, 400, "784 pixel values"),
-    ("/predict", {"json": {"pixels": ["a"] * 784}}, 400, "only numbers"),
-    ("/predict", {"json": {"images": [[0] * 784, [0] * 10]}}, 400, "'images'[1]"),
-    ("/predict", {"json": {"digits": []}}, 400, "needs 'pixels'"),
-    ("/predict", {"content": b"1,2,3\n", "headers": {"Content-Type": "text/csv"}}, 400, "CSV row 1 has 3 values, expected 784"),
-    ("/predict", {"content": ("0," * 783 + "256").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
-     "CSV row 1, column 'pixel783': pixel value 256 is outside 0-255"),
-    ("/predict", {"content": ("0," * 783 + "1.5").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
-     "CSV row 1, column 'pixel783': '1.5' is not an integer"),
-    ("/predict", {"content": ("0," * 783 + "4294967301").encode(), "headers": {"Content-Type": "text/csv"}}, 400,
-     "pixel value 4294967301 is outside 0-255"),
-    ("/predict", {"content": ("0," * 783 + "0\n" + "0," * 782 + ",0").encode(), "headers": {"Content-Type": "text/csv"}},
-     400, "CSV row 2, column 'pixel782': missing value"),
-    ("/predict", {"files": {"upload": ("a.png", b"x", "image/png")}}, 400, "field named 'file'"),
-])
+@pytest.mark.parametrize(
+    "path, kwargs, status, message",
+    [
+        (INFER, {"content": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "BOOL", "data": [0] * 784}]}},
+            400,
+            "datatype 'BOOL'",
+        ),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [1, 783], "datatype": "UINT8", "data": [0] * 783}]}},
+            400,
+            "is not [N, 28, 28, 1] or [N, 784]",
+        ),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 783}]}},
+            400,
+            "'data' has 783",
+        ),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [300] * 784}]}},
+            400,
+            "0-255",
+        ),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [0, 784], "datatype": "FP32", "data": []}]}},
+            400,
+            "the batch is empty",
+        ),
+        (
+            INFER,
+            {"json": {"inputs": [{"name": "pixels", "shape": [65, 784], "datatype": "UINT8", "data": [0] * 65 * 784}]}},
+            413,
+            "over the limit of 64",
+        ),
+        (
+            INFER,
+            {"content": b"x" * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}},
+            413,
+            "over the limit",
+        ),
+        ("/predict", {"files": {"file": ("big.png", b"x" * (1024 * 1024 + 1), "image/png")}}, 413, "over the limit"),
+        ("/v2/models/other/infer", {"json": {"inputs": []}}, 404, "unknown model 'other'"),
+        ("/v2/models/other", {}, 404, "unknown model 'other'"),
+        ("/predict", {"content": b"GIF89a nonsense", "headers": {"Content-Type": "image/gif"}}, 400, "not an image"),
+        (
+            "/predict",
+            {"content": b"hello", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported content type 'text/plain'",
+        ),
+        ("/predict", {"json": {"pixels": [0] * 783}}, 400, "784 pixel values"),
+        ("/predict", {"json": {"pixels": ["a"] * 784}}, 400, "only numbers"),
+        ("/predict", {"json": {"images": [[0] * 784, [0] * 10]}}, 400, "'images'[1]"),
+        ("/predict", {"json": {"digits": []}}, 400, "needs 'pixels'"),
+        (
+            "/predict",
+            {"content": b"1,2,3\n", "headers": {"Content-Type": "text/csv"}},
+            400,
+            "CSV row 1 has 3 values, expected 784",
+        ),
+        (
+            "/predict",
+            {"content": ("0," * 783 + "256").encode(), "headers": {"Content-Type": "text/csv"}},
+            400,
+            "CSV row 1, column 'pixel783': pixel value 256 is outside 0-255",
+        ),
+        (
+            "/predict",
+            {"content": ("0," * 783 + "1.5").encode(), "headers": {"Content-Type": "text/csv"}},
+            400,
+            "CSV row 1, column 'pixel783': '1.5' is not an integer",
+        ),
+        (
+            "/predict",
+            {"content": ("0," * 783 + "4294967301").encode(), "headers": {"Content-Type": "text/csv"}},
+            400,
+            "pixel value 4294967301 is outside 0-255",
+        ),
+        (
+            "/predict",
+            {"content": ("0," * 783 + "0\n" + "0," * 782 + ",0").encode(), "headers": {"Content-Type": "text/csv"}},
+            400,
+            "CSV row 2, column 'pixel782': missing value",
+        ),
+        ("/predict", {"files": {"upload": ("a.png", b"x", "image/png")}}, 400, "field named 'file'"),
+    ],
+)
 def test_bad_input_gets_a_4xx_that_says_what_is_wrong(client, path, kwargs, status, message):
     method = client.get if path == "/v2/models/other" else client.post
     response = method(path, **kwargs)
@@ -148,10 +254,21 @@ def test_bad_input_gets_a_4xx_that_says_what_is_wrong(client, path, kwargs, stat
 def test_nan_in_binary_tensor(client):
     values = np.zeros(784, "<f4")
     values[3] = np.nan
-    header = orjson.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32",
-                                       "parameters": {"binary_data_size": values.nbytes}}]})
-    response = client.post(INFER, content=header + values.tobytes(),
-                           headers={"Inference-Header-Content-Length": str(len(header))})
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 784],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": values.nbytes},
+                }
+            ]
+        }
+    )
+    response = client.post(
+        INFER, content=header + values.tobytes(), headers={"Inference-Header-Content-Length": str(len(header))}
+    )
     assert response.status_code == 400 and "NaN or infinity" in response.json()["error"]
 
 
@@ -189,14 +306,20 @@ def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_
     from serving.app import create_app, model_file
 
     named, single, crowded = (tmp_path / name for name in ("named", "single", "crowded"))
-    for folder, files in ((named, ["model.onnx", "model.int8.onnx"]), (single, ["onnx_model"]), (crowded, ["a.onnx", "b.onnx"])):
+    for folder, files in (
+        (named, ["model.onnx", "model.int8.onnx"]),
+        (single, ["onnx_model"]),
+        (crowded, ["a.onnx", "b.onnx"]),
+    ):
         folder.mkdir()
         for name in files:
             shutil.copyfile(served_model, folder / name)
     assert model_file(named) == named / "model.onnx"
     assert model_file(single) == single / "onnx_model"  # as KServe's storage initializer leaves a KFP artifact
     assert model_file(served_model) == served_model
-    with pytest.raises(InputError, match=r"crowded: a model folder needs model.onnx or exactly one file \(found a.onnx, b.onnx\)"):
+    with pytest.raises(
+        InputError, match=r"crowded: a model folder needs model.onnx or exactly one file \(found a.onnx, b.onnx\)"
+    ):
         model_file(crowded)
     with TestClient(create_app(single)) as client:
         wait_until_ready(client)

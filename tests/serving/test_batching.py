@@ -13,6 +13,7 @@ def fake_predict(calls):
         threading.Event().wait(0.01)  # a model that takes a while, as onnxruntime does
         sums = images.reshape(len(images), -1).sum(axis=1)
         return np.repeat(sums[:, None], 10, axis=1), sums.astype(np.int64)
+
     return predict
 
 
@@ -41,8 +42,9 @@ def test_a_request_larger_than_the_batch_runs_alone():
     async def main():
         batcher = Batcher(fake_predict(calls), max_batch_size=4)
         batcher.start()
-        await asyncio.gather(batcher.infer(np.zeros((10, 28, 28, 1), np.float32)),
-                             batcher.infer(np.zeros((1, 28, 28, 1), np.float32)))
+        await asyncio.gather(
+            batcher.infer(np.zeros((10, 28, 28, 1), np.float32)), batcher.infer(np.zeros((1, 28, 28, 1), np.float32))
+        )
         await batcher.stop()
 
     asyncio.run(main())

@@ -23,7 +23,7 @@ def as_photo(digit, seed, size=(300, 420)):
     paper = np.linspace(200, 240, size[0])[None, :] + generator.normal(0, 6, (size[1], size[0]))
     canvas = np.zeros((size[1], size[0]), np.float32)
     top, left = generator.integers(40, size[1] - 220), generator.integers(20, size[0] - 200)
-    canvas[top:top + 180, left:left + 180] = np.asarray(ink, np.float32) / 255
+    canvas[top : top + 180, left : left + 180] = np.asarray(ink, np.float32) / 255
     photo = paper * (1 - 0.75 * canvas)
     rgb = np.stack([photo, photo * 0.97, photo * 0.92], axis=-1).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(1.5))

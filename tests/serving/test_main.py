@@ -1,4 +1,5 @@
 """The server as a user starts it: `python -m serving`, a real socket, real signals."""
+
 import asyncio
 import json
 import signal
@@ -27,9 +28,21 @@ def server(served_model, tmp_path, request):
     port = free_port()
     log = open(tmp_path / "server.log", "w+")  # a file, not a pipe: a full pipe would stall the server
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model", str(served_model), "--port", str(port), "--max-images", "2048",
-         *getattr(request, "param", [])],
-        cwd=ROOT, stderr=log, text=True,
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model",
+            str(served_model),
+            "--port",
+            str(port),
+            "--max-images",
+            "2048",
+            *getattr(request, "param", []),
+        ],
+        cwd=ROOT,
+        stderr=log,
+        text=True,
     )
     process.log = tmp_path / "server.log"
     url = f"http://127.0.0.1:{port}"
@@ -52,8 +65,10 @@ def server(served_model, tmp_path, request):
 
 
 def test_the_server_never_imports_tensorflow():
-    code = ("import sys, serving.__main__, serving.app; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', 'tf_keras'}))")
+    code = (
+        "import sys, serving.__main__, serving.app; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'tf2onnx', 'tf_keras'}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -62,17 +77,38 @@ def test_soak_of_mixed_requests_gets_no_5xx(server, fixture_data):
     url, _ = server
     pixels = np.loadtxt(fixture_data / "test.csv", delimiter=",", skiprows=1, dtype=np.uint8)[:16]
     good = [
-        ("POST", "/v2/models/digit-recognizer/infer", {"json": {"id": "s", "inputs": [
-            {"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": pixels[0].tolist()}]}}),
+        (
+            "POST",
+            "/v2/models/digit-recognizer/infer",
+            {
+                "json": {
+                    "id": "s",
+                    "inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": pixels[0].tolist()}],
+                }
+            },
+        ),
         ("POST", "/predict", {"json": {"images": pixels[:4].tolist()}}),
-        ("POST", "/predict", {"content": "\n".join(",".join(map(str, row)) for row in pixels[:3]),
-                              "headers": {"Content-Type": "text/csv"}}),
+        (
+            "POST",
+            "/predict",
+            {
+                "content": "\n".join(",".join(map(str, row)) for row in pixels[:3]),
+                "headers": {"Content-Type": "text/csv"},
+            },
+        ),
         ("GET", "/v2/models/digit-recognizer", {}),
     ]
     bad = [
-        ("POST", "/v2/models/digit-recognizer/infer", {"content": b"{", "headers": {"Content-Type": "application/json"}}),
-        ("POST", "/v2/models/digit-recognizer/infer", {"json": {"inputs": [
-            {"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [1e9] * 784}]}}),
+        (
+            "POST",
+            "/v2/models/digit-recognizer/infer",
+            {"content": b"{", "headers": {"Content-Type": "application/json"}},
+        ),
+        (
+            "POST",
+            "/v2/models/digit-recognizer/infer",
+            {"json": {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [1e9] * 784}]}},
+        ),
         ("POST", "/predict", {"content": b"\x89PNG broken", "headers": {"Content-Type": "image/png"}}),
         ("POST", "/predict", {"content": b"x", "headers": {"Content-Type": "application/xml"}}),
         ("POST", "/v2/models/nope/infer", {"json": {}}),
@@ -104,8 +140,9 @@ def test_sigterm_lets_the_request_in_flight_finish(server):
     url, process = server
     body = {"inputs": [{"name": "pixels", "shape": [2048, 784], "datatype": "UINT8", "data": [7] * (2048 * 784)}]}
     answers = []
-    sender = threading.Thread(target=lambda: answers.append(
-        httpx.post(f"{url}/v2/models/digit-recognizer/infer", json=body, timeout=60)))
+    sender = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{url}/v2/models/digit-recognizer/infer", json=body, timeout=60))
+    )
     sender.start()
     time.sleep(0.3)  # the request is on its way (its JSON alone takes a while to parse)
     process.send_signal(signal.SIGTERM)

@@ -1,4 +1,5 @@
 """The drawing page in a real browser: Debian's headless Chromium, driven by Playwright."""
+
 import os
 import shutil
 
@@ -18,10 +19,19 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        ])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -37,11 +47,14 @@ def draw(page, strokes):
         page.mouse.up()
 
 
-@pytest.mark.parametrize("digit, strokes", [
-    ("1", [[(140, 40), (140, 240)]]),
-    ("7", [[(70, 50), (210, 50), (120, 250)]]),
-    ("0", [[(140, 40), (200, 80), (210, 160), (180, 230), (140, 245), (95, 225), (70, 150), (85, 75), (140, 40)]]),
-])
+@pytest.mark.parametrize(
+    "digit, strokes",
+    [
+        ("1", [[(140, 40), (140, 240)]]),
+        ("7", [[(70, 50), (210, 50), (120, 250)]]),
+        ("0", [[(140, 40), (200, 80), (210, 160), (180, 230), (140, 245), (95, 225), (70, 150), (85, 75), (140, 40)]]),
+    ],
+)
 def test_drawing_a_digit_shows_its_prediction(server, browser, digit, strokes):  # noqa: F811
     url, _ = server
     page = browser.new_page()
