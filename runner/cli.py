@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def parameter_options(parser, profile_default="default"):
+def parameter_options(parser: argparse.ArgumentParser, profile_default: str | None = "default") -> None:
     parser.add_argument(
         "--profile",
         choices=list(PROFILES),
@@ -149,14 +149,14 @@ def parameter_options(parser, profile_default="default"):
     )
 
 
-def image_options(parser):
+def image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-prefix", default="", help=f"registry and path before {IMAGE_NAME}, e.g. ghcr.io/me/ (default: none)"
     )
     parser.add_argument("--tag", default="latest", help="the training image's tag (default: %(default)s)")
 
 
-def cluster_options(parser):
+def cluster_options(parser: argparse.ArgumentParser) -> None:
     """Where the steps run on a cluster: the train pod's node and GPUs, its checkpoints, the data, the deploy step."""
     parser.add_argument(
         "--accelerator",
@@ -220,20 +220,20 @@ def cluster_options(parser):
     )
 
 
-def gpu_count(text):
+def gpu_count(text: str) -> int:
     if not (text.isdigit() and int(text) > 0):
         raise argparse.ArgumentTypeError(f"expected a number of GPUs, 1 or more, got {text!r}")
     return int(text)
 
 
-def node_label(text):
+def node_label(text: str) -> tuple[str, str]:
     key, separator, value = text.partition("=")
     if not (key and separator):
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
 
 
-def toleration(text):
+def toleration(text: str) -> pipeline.Toleration:
     taint, separator, effect = text.rpartition(":")
     key, _, value = taint.partition("=")
     if not separator:
@@ -246,7 +246,7 @@ def toleration(text):
     return parsed
 
 
-def deploy_target(args):
+def deploy_target(args: argparse.Namespace) -> pipeline.DeployTarget | None:
     """The DeployTarget of `--deploy` (None without it): the serve image named like the training image."""
     if not args.deploy:
         return None

@@ -63,7 +63,9 @@ def finish_attempt(out: Path, record: dict, status: str, steps: list[dict]) -> N
     save(out, record)
 
 
-def resumed_settings(out: Path, profile: str | None, assignments, data: str | Path | None):
+def resumed_settings(
+    out: Path, profile: str | None, assignments: list[str] | tuple[str, ...], data: str | Path | None
+) -> tuple[str, dict, Path, dict]:
     """The profile, parameters, data folder and record of the interrupted run in `out`, after checking run.json:
     what the user gave again must match, and the data files must be the ones the run started with."""
     record_path = out / RECORD_FILE

@@ -39,7 +39,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
         description="Serve the digit model over HTTP (KServe V2 protocol, /predict, a drawing page at /).",

@@ -9,12 +9,19 @@ request of a batch wait that long for company.
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
 class Batcher:
-    def __init__(self, predict, max_batch_size=64, max_wait_ms=0.0, on_batch=None):
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        max_batch_size: int = 64,
+        max_wait_ms: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size must be at least 1 and max_wait_ms at least 0")
         self.predict, self.max_batch_size, self.max_wait = predict, max_batch_size, max_wait_ms / 1000
@@ -22,15 +29,15 @@ class Batcher:
         self.queue = asyncio.Queue()
         self.worker = None
 
-    def start(self):
+    def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self):
+    async def stop(self) -> None:
         if self.worker:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
 
-    async def infer(self, images):
+    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels for `images` [n, 28, 28, 1], computed in some batch."""
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((images, future))

@@ -15,7 +15,7 @@ from serving.errors import BadRequest
 MAX_PIXELS = 40_000_000  # far beyond any photo; a decompression bomb stops here
 
 
-def load_grey(data):
+def load_grey(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/... bytes as grey levels 0-255 (float), transparency flattened onto white."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -31,7 +31,7 @@ def load_grey(data):
         raise BadRequest(f"the body is not an image that can be read ({error.__class__.__name__})") from None
 
 
-def mnist_like(grey):
+def mnist_like(grey: np.ndarray) -> np.ndarray:
     """A grey image of one digit, any size and polarity, as MNIST's 28x28 raw pixels (float32, ink bright)."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) > 127:  # dark ink on light paper: make the ink bright
@@ -53,7 +53,7 @@ def mnist_like(grey):
     return centre_by_mass(canvas)
 
 
-def centre_by_mass(canvas):
+def centre_by_mass(canvas: np.ndarray) -> np.ndarray:
     """Shift the image by whole pixels so that its centre of mass lies at the centre."""
     total = canvas.sum()
     if total == 0:
@@ -70,6 +70,6 @@ def centre_by_mass(canvas):
     return shifted
 
 
-def image_to_pixels(data):
+def image_to_pixels(data: bytes) -> np.ndarray:
     """Image file bytes as one MNIST-like image [28, 28, 1] of raw 0-255 pixels."""
     return mnist_like(load_grey(data))[..., None]

@@ -28,7 +28,7 @@ DATATYPES = {
 }
 
 
-def pixels_from_array(values, what):
+def pixels_from_array(values, what: str) -> np.ndarray:
     """Check raw pixel values (finite, 0-255, 784 per image) and shape them [n, 28, 28, 1] float32."""
     values = np.asarray(values)
     if values.size == 0:
@@ -43,7 +43,9 @@ def pixels_from_array(values, what):
     return values.reshape(-1, 28, 28, 1)
 
 
-def parse_infer_request(body, header_length=None):
+def parse_infer_request(
+    body: bytes, header_length: int | None = None
+) -> tuple[str | None, np.ndarray, list[str], bool]:
     """A V2 request body as (request id, images [n, 28, 28, 1], requested output names, binary reply wanted)."""
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -111,7 +113,14 @@ def _tensor_values(tensor, binary):
     return pixels_from_array(values, f"input {name!r}")
 
 
-def infer_response(model_name, request_id, probabilities, labels, output_names=(), binary=False):
+def infer_response(
+    model_name: str,
+    request_id: str | None,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    output_names: tuple[str, ...] | list[str] = (),
+    binary: bool = False,
+) -> tuple[bytes, dict[str, str]]:
     """A V2 response (body bytes, extra headers): JSON, or JSON header plus raw tensors when `binary`."""
     tensors = {
         "probabilities": (probabilities.astype("<f4"), "FP32"),
