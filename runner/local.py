@@ -111,7 +111,9 @@ def run_locally(
         if console.refusal or status != 0:
             record.finish_attempt(out, run_record, "failed", console.steps)
             unexplained = f"the {console.unexplained} step failed without saying why" if console.unexplained else ""
-            raise SystemExit(console.refusal or f"error: {unexplained or 'the pipeline failed'} (details: {log_path})")
+            if console.refusal:
+                raise refused(console.refusal)
+            raise SystemExit(f"error: {unexplained or 'the pipeline failed'} (details: {log_path})")
         copy_outputs(json.loads(Path(settings["outputs_json"]).read_text()), pipeline_root, out)
         # Once every output is out, the intermediate arrays, the cache and the checkpoints have served their purpose.
         try:
@@ -184,7 +186,13 @@ def check_csv_headers(data: Path) -> None:
         check_header(data / "train.csv", labelled=True)
         check_header(data / "test.csv", labelled=False)
     except InputError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise refused(f"error: {error}") from None
+
+
+def refused(message: str) -> SystemExit:
+    """The exit of a run whose input a step refused: its one line on stderr, and status 2, as the step's own CLI."""
+    print(message, file=sys.stderr, flush=True)
+    return SystemExit(2)
 
 
 def csvs_in(pipeline_root: Path, data: Path) -> Path:

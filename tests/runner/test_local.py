@@ -261,7 +261,7 @@ def data_with(tmp_path, fixture_data, row, column, value):
 def test_bad_input_reaches_the_user_as_one_line_and_is_not_retried(tmp_path, fixture_data, row, value, message):
     data = data_with(tmp_path, fixture_data, row, 10, value)
     result = run_module("pipeline.py", "run", "--data", str(data), "--out", str(tmp_path / "out"), "--profile", "quick")
-    assert result.returncode != 0
+    assert result.returncode == 2  # as the step's own command line
     assert result.stderr.strip().splitlines()[-1] == f"error: {data / 'train.csv'}: {message}"
     assert "Traceback" not in result.stdout + result.stderr
     assert re.search(r"^\d\d:\d\d:\d\d preprocess FAILED in \d+ s: error: ", result.stdout, re.MULTILINE)
@@ -276,7 +276,7 @@ def test_a_wrong_header_fails_at_once_and_starts_no_run(tmp_path, fixture_data):
     started = time.monotonic()
     result = run_module("pipeline.py", "run", "--data", str(data), "--out", str(tmp_path / "out"), "--profile", "quick")
     seconds = time.monotonic() - started
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {data / 'train.csv'}: line 1 (header), column 2: expected 'pixel0', found 'px0'"
     ]
