@@ -31,10 +31,11 @@ def run_step(step, given, **arguments):
     """`run_cli` for a KFP wrapper: `arguments` (its artifacts' paths, its renamed options), and every parameter of
     `step` that the wrapper was given under the same name (`given`: its locals() before anything else), so an
     option of the step is written in the wrapper's signature and nowhere else in it."""
+    parameters = inspect.signature(step).parameters
     options = {
         name: value
         for name, value in given.items()
-        if name in inspect.signature(step).parameters and name not in arguments and isinstance(value, OPTION_TYPES)
+        if name in parameters and name not in arguments and isinstance(value, OPTION_TYPES)
     }
     return run_cli(step, {**options, **arguments})
 

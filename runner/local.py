@@ -68,7 +68,7 @@ def run_locally(
     else:
         data = Path(data or DEFAULT_DATA).resolve()
         record.check_data_files(data)
-        check_csv_headers(data)
+        check_csv_headers(data)  # before the CSVs are hashed for run.json: a refusal comes at once
         profile = profile or "default"
         arguments = pipeline_arguments(profile, params)
         out = Path(out or Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -110,9 +110,9 @@ def run_locally(
             raise SystemExit(128 + interruption.signal_number) from None
         if console.refusal or status != 0:
             record.finish_attempt(out, run_record, "failed", console.steps)
-            unexplained = f"the {console.unexplained} step failed without saying why" if console.unexplained else ""
             if console.refusal:
                 raise refused(console.refusal)
+            unexplained = f"the {console.unexplained} step failed without saying why" if console.unexplained else ""
             raise SystemExit(f"error: {unexplained or 'the pipeline failed'} (details: {log_path})")
         copy_outputs(json.loads(Path(settings["outputs_json"]).read_text()), pipeline_root, out)
         # Once every output is out, the intermediate arrays, the cache and the checkpoints have served their purpose.
