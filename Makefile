@@ -9,17 +9,21 @@ PROFILE ?= default
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+
+# uv installs the packages, several times faster than pip (docs/BENCHMARKS.md#make-run); a venv made before it gets it.
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/pip install --quiet uv==0.13.9
 
 # TensorFlow with CUDA where `nvidia-smi -L` lists a GPU, the CPU-only wheel otherwise; GPU=1 or GPU=0 decides instead.
 # The marker names the variant: a second make reinstalls nothing, a change of GPU swaps the wheel in the same venv.
 GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
 VENV_TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
+UV_PIP := $(BIN)/uv pip --python $(BIN)/python
 
-$(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/python
-	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/pip uninstall --quiet -y $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
-	$(BIN)/pip install --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
+$(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/uv
+	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(UV_PIP) uninstall --quiet $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
+	$(UV_PIP) install --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
 	touch $@
 
 install: $(VENV)/.installed-$(VENV_TENSORFLOW)

@@ -43,27 +43,38 @@ from components.train import MODEL_FILE, load_models, train
 RECIPES = {
     "quick": (
         "one CNN, 1 epoch (the quick profile)",
-        {"epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        {"network": "compact", "epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default_5_epochs": (
         "one CNN, 5 epochs, otherwise the default",
-        {"epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        {"network": "compact", "epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default": (
         "one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
-        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default_ema": (
         "the default with a weight average (ema_momentum 0.999)",
-        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "ema_momentum": 0.999},
+        {
+            "network": "compact",
+            "epochs": 15,
+            "batch_size": 128,
+            "patience": 5,
+            "mixed_precision": "off",
+            "ema_momentum": 0.999,
+        },
     ),
     "bf16_b256_40": (
         "one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
-        {"epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"},
+        {"network": "compact", "epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"},
     ),
     "bf16_b256_30_full": (
         "one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
-        {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
+        {"network": "compact", "epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
+    ),
+    "strided": (
+        "the strided network (stride-2 convolutions in place of pooling), otherwise the default; the default since #19",
+        {"network": "strided", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "deotte": (
         "Deotte's network (strided convolutions, dense head), otherwise the default",
@@ -71,7 +82,14 @@ RECIPES = {
     ),
     "default_all_rows": (
         "the default trained on all 42,000 rows (validation included, last epoch kept)",
-        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "train_on_validation": True},
+        {
+            "network": "compact",
+            "epochs": 15,
+            "batch_size": 128,
+            "patience": 5,
+            "mixed_precision": "off",
+            "train_on_validation": True,
+        },
     ),
     "deotte_pseudo_labels": (
         "Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
@@ -86,15 +104,29 @@ RECIPES = {
     ),
     "default_elastic_mild": (
         "the default with mild elastic distortion (alpha 10, sigma 4) before the affine transform",
-        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "elastic_alpha": 10.0},
+        {
+            "network": "compact",
+            "epochs": 15,
+            "batch_size": 128,
+            "patience": 5,
+            "mixed_precision": "off",
+            "elastic_alpha": 10.0,
+        },
     ),
     "deotte_augmentation": (
         "the default with Deotte's augmentation: rotation 10°, zoom 10%, shift 10%, no shear",
-        {"epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off", "affine": {"shear_degrees": 0}},
+        {
+            "network": "compact",
+            "epochs": 15,
+            "batch_size": 128,
+            "patience": 5,
+            "mixed_precision": "off",
+            "affine": {"shear_degrees": 0},
+        },
     ),
     "snapshots_3x5": (
         "a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
-        {"epochs": 15, "batch_size": 128, "snapshots": 3},
+        {"network": "compact", "epochs": 15, "batch_size": 128, "snapshots": 3},
     ),
 }
 RESULTS = Path("bench/results/recipes.json")
@@ -123,6 +155,7 @@ def train_snapshots(
     epochs,
     batch_size,
     snapshots,
+    network,
     learning_rate=0.003,
     weight_decay=0.0001,
     label_smoothing=0.1,
@@ -134,7 +167,7 @@ def train_snapshots(
     validation_images, validation_labels = load_arrays(validation_data, "images", "labels")
     steps_per_epoch = len(images) // batch_size
     cycle_epochs = epochs // snapshots
-    model = build_model()
+    model = build_model(network)
     model.compile(
         optimizer=keras.optimizers.AdamW(
             keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch),

@@ -4,6 +4,7 @@
         --validation-data work/validation.npz --model-dir work/model
 """
 
+import re
 from pathlib import Path
 
 import keras
@@ -43,12 +44,21 @@ def distribution_strategy(devices):
     return tf.distribute.get_strategy()
 
 
+def cpu_computes_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU has bfloat16 arithmetic (AVX-512 BF16 or AMX); without it TensorFlow emulates bfloat16."""
+    try:
+        return re.search(r"\b(avx512_bf16|amx_bf16)\b", Path(cpuinfo).read_text()) is not None
+    except OSError:  # not Linux
+        return False
+
+
 def precision_policy(mixed_precision, gpus):
     """The Keras dtype policy: "on", "off", or "auto" (mixed precision where it is known to pay).
 
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
-    newer) and bfloat16 on the CPU (auto leaves the CPU in float32: on AVX-512 BF16 it trained about 1.2x
-    faster, and its effect on test accuracy is not measured yet).
+    newer) and bfloat16 on the CPU. Auto leaves the CPU in float32: with AVX-512 BF16, bfloat16 trained the
+    compact network faster but Deotte's strided one no faster, and the strided default is not measured
+    there; without bfloat16 arithmetic it is emulated and much slower (docs/BENCHMARKS.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
@@ -168,7 +178,7 @@ def train(
     validation_data: str | Path,
     model_dir: str | Path,
     history_path: str | Path | None = None,
-    network: str = "compact",
+    network: str = "strided",
     epochs: int = 15,
     batch_size: int = 128,
     learning_rate: float = 0.003,
@@ -217,7 +227,8 @@ def train(
         validation_data: validation.npz from preprocess
         model_dir: folder for the trained models (model-N.keras)
         history_path: per-epoch history as JSON (default: MODEL_DIR/history.json)
-        network: compact (global average pooling) or deotte (strided convolutions, dense head)
+        network: strided (stride-2 convolutions, global average pooling), compact (max pooling) or deotte (strided
+            5x5 convolutions, dense head)
         epochs: passes over the training set
         batch_size: images per step
         learning_rate: peak learning rate
@@ -260,6 +271,8 @@ def train(
     policy = precision_policy(mixed_precision, gpus)
     where = f"training on {len(devices)} GPU(s)" if devices else "training on the CPU (no GPU found)"
     progress.say(where + ("" if policy == "float32" else f", mixed precision ({policy.removeprefix('mixed_')})"))
+    if policy == "mixed_bfloat16" and not cpu_computes_bfloat16():
+        progress.say("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated, several times slower")
     train_images, train_labels = load_arrays(train_data, "images", "labels")
     validation_images, validation_labels = load_arrays(validation_data, "images", "labels")
     if train_on_validation:

@@ -30,11 +30,13 @@ def test_make_data_with_the_files_does_nothing(tmp_path):
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """The Makefile and pyproject.toml beside a venv that exists (a stand-in python), as `make install` leaves them."""
+    """The Makefile and pyproject.toml beside a venv that exists (stand-ins for python and uv), as `make install`
+    leaves them."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    (tmp_path / ".venv" / "bin" / "python").touch()
+    for program in ("python", "uv"):
+        (tmp_path / ".venv" / "bin" / program).touch()
     return tmp_path
 
 
@@ -57,10 +59,10 @@ def make_dry_run(folder, *arguments, gpus_listed):
 
 
 def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
-    assert "pip install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
+    assert "uv pip --python .venv/bin/python install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
         project_copy, "install", gpus_listed=True
     )
-    assert "pip install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
+    assert "uv pip --python .venv/bin/python install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
         project_copy, "install", gpus_listed=False
     )
     assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
@@ -75,7 +77,9 @@ def test_install_twice_builds_the_venv_once_and_swaps_the_wheel_on_a_change(proj
     assert make_dry_run(project_copy, "install", gpus_listed=True) == "make: Nothing to be done for 'install'.\n"
     swap = make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
     assert "-m venv" not in swap  # the same venv ...
-    assert ".venv/bin/pip uninstall --quiet -y tensorflow;" in swap  # ... with the CUDA wheel out, the CPU wheel in
+    assert (
+        ".venv/bin/uv pip --python .venv/bin/python uninstall --quiet tensorflow;" in swap
+    )  # ... with the CUDA wheel out, the CPU wheel in
     assert "'.[pipeline,cpu,serve,test]'" in swap
 
 

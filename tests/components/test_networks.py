@@ -6,7 +6,7 @@ from common.errors import InputError
 from components.networks import build_model, load_model_file
 
 
-@pytest.mark.parametrize("network", ["compact", "deotte"])
+@pytest.mark.parametrize("network", ["strided", "compact", "deotte"])
 def test_model_takes_raw_pixels_and_returns_probabilities(network):
     model = build_model(network)
     assert model.name == network  # load_model_file rebuilds it by name
@@ -16,12 +16,12 @@ def test_model_takes_raw_pixels_and_returns_probabilities(network):
 
 
 def test_an_unknown_network_is_refused():
-    with pytest.raises(ValueError, match="network must be one of compact, deotte, got 'resnet'"):
+    with pytest.raises(ValueError, match="network must be one of strided, compact, deotte, got 'resnet'"):
         build_model("resnet")
 
 
 def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_one_line(tmp_path):
-    compact = build_model()
+    compact = build_model("compact")
     # The compact network as earlier versions saved it, before networks had names.
     keras.Model(compact.inputs, compact.outputs, name="digit_cnn").save(tmp_path / "model-0.keras")
     model = load_model_file(tmp_path / "model-0.keras")
@@ -34,6 +34,6 @@ def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_on
     with pytest.raises(
         InputError,
         match=r"model-0.keras: a model named 'mine', not one of train's networks "
-        r"\(compact, deotte\)",
+        r"\(strided, compact, deotte\)",
     ):
         load_model_file(tmp_path / "model-0.keras")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from components.artifacts import load_arrays
-from components.train import load_models, precision_policy, train
+from components.train import cpu_computes_bfloat16, load_models, precision_policy, train
 from tests.conftest import ROOT, run_module
 
 
@@ -127,7 +127,7 @@ def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
     assert history["members"][0]["images_per_second"][0] == pytest.approx(300 / history["members"][0]["seconds"][0])
 
 
-@pytest.mark.parametrize("network", ["compact", "deotte"])
+@pytest.mark.parametrize("network", ["strided", "compact", "deotte"])
 def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays, network):
     train(
         arrays["train"],
@@ -146,6 +146,17 @@ def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32
     (model,) = load_models(tmp_path / "m")
     assert model.name == network
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_bfloat16_arithmetic_is_read_off_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512vl"
+    cpuinfo.write_text(flags + " avx512_vnni\n")  # AVX-512 without BF16: emulated
+    assert not cpu_computes_bfloat16(cpuinfo)
+    for native in ("avx512_bf16", "amx_bf16"):
+        cpuinfo.write_text(f"{flags} {native} avx512_vnni\n")
+        assert cpu_computes_bfloat16(cpuinfo)
+    assert not cpu_computes_bfloat16(tmp_path / "absent")  # not Linux
 
 
 def test_precision_policy_follows_the_hardware():
@@ -225,7 +236,7 @@ def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
 
 
 def test_train_rejects_an_unknown_network(tmp_path, arrays):
-    with pytest.raises(ValueError, match="network must be one of compact, deotte, got 'resnet'"):
+    with pytest.raises(ValueError, match="network must be one of strided, compact, deotte, got 'resnet'"):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", network="resnet")
 
 
