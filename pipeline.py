@@ -179,7 +179,7 @@ def build_pipeline(
         test_csv: str = "",
         validation_fraction: float = 0.1,
         seed: int = 42,
-        network: str = "strided",
+        network: str = "deotte",
         epochs: int = 15,
         batch_size: int = 128,
         learning_rate: float = 0.003,

@@ -73,7 +73,7 @@ RECIPES = {
         {"network": "compact", "epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
     ),
     "strided": (
-        "the strided network (stride-2 convolutions in place of pooling), otherwise the default; the default since #19",
+        "the strided network (the compact one with stride-2 convolutions in place of pooling), otherwise the default",
         {"network": "strided", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "deotte": (

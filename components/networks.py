@@ -6,7 +6,7 @@ from keras import layers
 from common.errors import InputError
 from common.kaggle_format import IMAGE_SIZE
 
-NETWORKS = ("strided", "compact", "deotte")
+NETWORKS = ("deotte", "compact", "strided")
 EARLIER_NAMES = {"digit_cnn": "compact"}  # what models saved before the choice of network were named
 
 
@@ -15,17 +15,16 @@ def check_network(network):
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
 
 
-def build_model(network="strided"):
+def build_model(network="deotte"):
     """Raw 0-255 pixels [n, 28, 28, 1] in, ten digit probabilities out; the model's name is its network.
 
-    "compact": two blocks of two 3x3 convolutions (32, then 64 filters), each block max-pooled, a block of
-    128, global average pooling, dropout 0.3. "strided": the same, but each block's second convolution has
-    stride 2 in place of the pooling, so it computes at the lower resolution (half the multiply-adds).
     "deotte": Chris Deotte's Kaggle MNIST network (32C3-32C3-32C5S2, 64C3-64C3-64C5S2, 128C4, dropout 0.4
-    after each stage): unpadded convolutions, strided ones instead of
-    pooling, and a dense layer over the last feature map instead of an average. Both batch-normalize every
-    convolution. Under a mixed-precision policy the layers compute in float16 or bfloat16; the output layer
-    stays float32.
+    after each stage): unpadded convolutions, strided ones instead of pooling, and a dense layer over the
+    last feature map instead of an average. "compact": two blocks of two 3x3 convolutions (32, then 64
+    filters), each block max-pooled, a block of 128, global average pooling, dropout 0.3. "strided": the
+    same, but each block's second convolution has stride 2 in place of the pooling, so it computes at the
+    lower resolution (half the multiply-adds). All batch-normalize every convolution. Under a mixed-precision
+    policy the layers compute in float16 or bfloat16; the output layer stays float32.
     """
     check_network(network)
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")

@@ -57,8 +57,8 @@ def precision_policy(mixed_precision, gpus):
 
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
     newer) and bfloat16 on the CPU. Auto leaves the CPU in float32: with AVX-512 BF16, bfloat16 trained the
-    compact network faster but Deotte's strided one no faster, and the strided default is not measured
-    there; without bfloat16 arithmetic it is emulated and much slower (docs/BENCHMARKS.md).
+    compact network faster but Deotte's, the default, no faster; without bfloat16 arithmetic it is emulated
+    and much slower (docs/BENCHMARKS.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
@@ -178,7 +178,7 @@ def train(
     validation_data: str | Path,
     model_dir: str | Path,
     history_path: str | Path | None = None,
-    network: str = "strided",
+    network: str = "deotte",
     epochs: int = 15,
     batch_size: int = 128,
     learning_rate: float = 0.003,
@@ -227,8 +227,8 @@ def train(
         validation_data: validation.npz from preprocess
         model_dir: folder for the trained models (model-N.keras)
         history_path: per-epoch history as JSON (default: MODEL_DIR/history.json)
-        network: strided (stride-2 convolutions, global average pooling), compact (max pooling) or deotte (strided
-            5x5 convolutions, dense head)
+        network: deotte (strided 5x5 convolutions, dense head), compact (max pooling, global average pooling) or
+            strided (compact with stride-2 convolutions in place of pooling)
         epochs: passes over the training set
         batch_size: images per step
         learning_rate: peak learning rate

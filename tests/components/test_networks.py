@@ -6,7 +6,7 @@ from common.errors import InputError
 from components.networks import build_model, load_model_file
 
 
-@pytest.mark.parametrize("network", ["strided", "compact", "deotte"])
+@pytest.mark.parametrize("network", ["deotte", "compact", "strided"])
 def test_model_takes_raw_pixels_and_returns_probabilities(network):
     model = build_model(network)
     assert model.name == network  # load_model_file rebuilds it by name
@@ -16,7 +16,7 @@ def test_model_takes_raw_pixels_and_returns_probabilities(network):
 
 
 def test_an_unknown_network_is_refused():
-    with pytest.raises(ValueError, match="network must be one of strided, compact, deotte, got 'resnet'"):
+    with pytest.raises(ValueError, match="network must be one of deotte, compact, strided, got 'resnet'"):
         build_model("resnet")
 
 
@@ -34,6 +34,6 @@ def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_on
     with pytest.raises(
         InputError,
         match=r"model-0.keras: a model named 'mine', not one of train's networks "
-        r"\(strided, compact, deotte\)",
+        r"\(deotte, compact, strided\)",
     ):
         load_model_file(tmp_path / "model-0.keras")
