@@ -1,6 +1,6 @@
 """Where one training epoch's time goes, by kind of operation, and how far it is from the CPU's arithmetic limit.
 
-    python bench/profile_epoch.py [--networks compact strided] [--train-csv data/digit-recognizer/train.csv]
+    python bench/profile_epoch.py [--networks compact deotte strided] [--train-csv data/digit-recognizer/train.csv]
 
 Each network trains one epoch (37,800 images, batch 128, augmented, float32: as the train step does) under
 TensorFlow's profiler, after a few steps of warm-up. The profile's operations are summed by kind (the
@@ -117,7 +117,7 @@ def profile(network, images, labels):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", nargs="+", default=["compact", "strided"])
+    parser.add_argument("--networks", nargs="+", default=["compact", "deotte", "strided"])
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
     parser.add_argument("--images", type=int, default=37_800, help="an epoch: the train step's 90%% of 42,000 rows")
     parser.add_argument("--results", default="bench/results/profile.json")
