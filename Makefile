@@ -19,11 +19,10 @@ $(BIN)/uv: | $(BIN)/python
 GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
 VENV_TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
-UV_PIP := $(BIN)/uv pip --python $(BIN)/python
 
 $(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/uv
-	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(UV_PIP) uninstall --quiet $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
-	$(UV_PIP) install --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
+	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/uv pip uninstall --python $(BIN)/python --quiet $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
 	touch $@
 
 install: $(VENV)/.installed-$(VENV_TENSORFLOW)

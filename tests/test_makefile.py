@@ -59,10 +59,10 @@ def make_dry_run(folder, *arguments, gpus_listed):
 
 
 def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
-    assert "uv pip --python .venv/bin/python install --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
+    assert "uv pip install --python .venv/bin/python --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
         project_copy, "install", gpus_listed=True
     )
-    assert "uv pip --python .venv/bin/python install --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
+    assert "uv pip install --python .venv/bin/python --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
         project_copy, "install", gpus_listed=False
     )
     assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
@@ -78,7 +78,7 @@ def test_install_twice_builds_the_venv_once_and_swaps_the_wheel_on_a_change(proj
     swap = make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
     assert "-m venv" not in swap  # the same venv ...
     assert (
-        ".venv/bin/uv pip --python .venv/bin/python uninstall --quiet tensorflow;" in swap
+        ".venv/bin/uv pip uninstall --python .venv/bin/python --quiet tensorflow;" in swap
     )  # ... with the CUDA wheel out, the CPU wheel in
     assert "'.[pipeline,cpu,serve,test]'" in swap
 
