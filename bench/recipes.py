@@ -50,7 +50,7 @@ RECIPES = {
         {"network": "compact", "epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default": (
-        "one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default)",
+        "one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default before #19)",
         {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default_ema": (
@@ -77,7 +77,7 @@ RECIPES = {
         {"network": "strided", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "deotte": (
-        "Deotte's network (strided convolutions, dense head), otherwise the default",
+        "Deotte's network (strided convolutions, dense head), otherwise the default (the default since #19)",
         {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
     ),
     "default_all_rows": (
