@@ -128,7 +128,10 @@ def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
 
 
 @pytest.mark.parametrize("network", ["deotte", "compact", "strided"])
-def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(tmp_path, arrays, network):
+def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32(
+    tmp_path, arrays, network, monkeypatch, capsys
+):
+    monkeypatch.setattr("components.train.cpu_computes_bfloat16", lambda: False)
     train(
         arrays["train"],
         arrays["validation"],
@@ -140,6 +143,7 @@ def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32
         mixed_precision="on",
     )
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+    assert "this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated" in capsys.readouterr().out
     saved = keras.models.load_model(tmp_path / "m" / "model-0.keras", compile=False)
     assert saved.layers[2].dtype_policy.name == "mixed_bfloat16"
     assert saved.layers[-1].dtype_policy.name == "float32"  # probabilities stay float32
