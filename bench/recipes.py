@@ -39,90 +39,57 @@ from components.networks import build_model
 from components.preprocess import preprocess
 from components.train import MODEL_FILE, load_models, train
 
+# The default recipe before #19 (the compact network), which most recipes vary one thing of.
+BEFORE_19 = {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
     "quick": (
         "one CNN, 1 epoch (the quick profile)",
-        {"network": "compact", "epochs": 1, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        BEFORE_19 | {"epochs": 1},
     ),
     "default_5_epochs": (
         "one CNN, 5 epochs, otherwise the default",
-        {"network": "compact", "epochs": 5, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        BEFORE_19 | {"epochs": 5},
     ),
     "default": (
         "one CNN, 15 epochs, batch 128, float32, early stopping after 5 stalled epochs (the default before #19)",
-        {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        BEFORE_19,
     ),
     "default_ema": (
         "the default with a weight average (ema_momentum 0.999)",
-        {
-            "network": "compact",
-            "epochs": 15,
-            "batch_size": 128,
-            "patience": 5,
-            "mixed_precision": "off",
-            "ema_momentum": 0.999,
-        },
+        BEFORE_19 | {"ema_momentum": 0.999},
     ),
     "bf16_b256_40": (
         "one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
-        {"network": "compact", "epochs": 40, "batch_size": 256, "patience": 5, "mixed_precision": "auto"},
+        BEFORE_19 | {"epochs": 40, "batch_size": 256, "mixed_precision": "auto"},
     ),
     "bf16_b256_30_full": (
         "one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
-        {"network": "compact", "epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
+        BEFORE_19 | {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
     ),
     "strided": (
         "the strided network (the compact one with stride-2 convolutions in place of pooling), otherwise the default",
-        {"network": "strided", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        BEFORE_19 | {"network": "strided"},
     ),
     "deotte": (
         "Deotte's network (strided convolutions, dense head), otherwise the default (the default since #19)",
-        {"network": "deotte", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"},
+        BEFORE_19 | {"network": "deotte"},
     ),
     "default_all_rows": (
         "the default trained on all 42,000 rows (validation included, last epoch kept)",
-        {
-            "network": "compact",
-            "epochs": 15,
-            "batch_size": 128,
-            "patience": 5,
-            "mixed_precision": "off",
-            "train_on_validation": True,
-        },
+        BEFORE_19 | {"train_on_validation": True},
     ),
     "deotte_pseudo_labels": (
         "Deotte's network, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
-        {
-            "network": "deotte",
-            "epochs": 15,
-            "batch_size": 128,
-            "patience": 5,
-            "mixed_precision": "off",
-            "pseudo_labels": True,
-        },
+        BEFORE_19 | {"network": "deotte", "pseudo_labels": True},
     ),
     "default_elastic_mild": (
         "the default with mild elastic distortion (alpha 10, sigma 4) before the affine transform",
-        {
-            "network": "compact",
-            "epochs": 15,
-            "batch_size": 128,
-            "patience": 5,
-            "mixed_precision": "off",
-            "elastic_alpha": 10.0,
-        },
+        BEFORE_19 | {"elastic_alpha": 10.0},
     ),
     "deotte_augmentation": (
         "the default with Deotte's augmentation: rotation 10°, zoom 10%, shift 10%, no shear",
-        {
-            "network": "compact",
-            "epochs": 15,
-            "batch_size": 128,
-            "patience": 5,
-            "mixed_precision": "off",
-            "affine": {"shear_degrees": 0},
-        },
+        BEFORE_19 | {"affine": {"shear_degrees": 0}},
     ),
     "snapshots_3x5": (
         "a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
