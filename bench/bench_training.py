@@ -49,8 +49,9 @@ def main(argv=None):
     labels, pixels = read_csv(args.train_csv, labelled=True)
     images = as_images(pixels)
     # Without bfloat16 arithmetic TensorFlow emulates it, some ten times slower than float32: not worth timing.
+    computes_bfloat16 = cpu_computes_bfloat16()
     variants = {
-        name: variant for name, variant in VARIANTS.items() if variant[1] != "mixed_bfloat16" or cpu_computes_bfloat16()
+        name: variant for name, variant in VARIANTS.items() if variant[1] != "mixed_bfloat16" or computes_bfloat16
     }
     models = {}
     for name, (network, policy, batch_size, augment, jit_compile, steps_per_execution) in variants.items():
@@ -77,7 +78,7 @@ def main(argv=None):
     results = {
         "steps_of_128": args.steps,
         "repeats": args.repeats,
-        "cpu_computes_bfloat16": cpu_computes_bfloat16(),
+        "cpu_computes_bfloat16": computes_bfloat16,
         "images_per_second": images_per_second,
         "ratio_to_baseline": {name: value / images_per_second[BASELINE] for name, value in images_per_second.items()},
     }
