@@ -4,6 +4,7 @@
         --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
 """
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -48,7 +49,40 @@ def to_onnx(function, opset=17):
     """The ONNX model proto of an `inference_function`."""
     # tf2onnx.convert.from_keras does not handle Keras 3 models; a tf.function converts cleanly.
     model_proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+    renumber_made_names(model_proto.graph)
     return model_proto
+
+
+MADE_NAME = re.compile(r"(?P<made>(?P<stem>.+)__\d+)(?P<output>:\d+)?")  # a stem, tf2onnx's count, an output
+
+
+def renumber_made_names(graph):
+    """Number the names tf2onnx made in the order they appear in `graph`, in place, so one model gives one file.
+
+    tf2onnx numbers them from a process-wide counter, and its passes visit sets, whose order follows Python's
+    string hashing: the same model converted in two processes got `new_shape__70` in one and `new_shape__71`
+    in the other.
+    """
+    numbers = {}
+
+    def renamed(name):
+        made = MADE_NAME.fullmatch(name)
+        if not made:
+            return name
+        return f"{made['stem']}__{numbers.setdefault(made['made'], len(numbers))}{made['output'] or ''}"
+
+    values = [*graph.input, *graph.output, *graph.value_info]
+    for dimension in (dim for value in values for dim in value.type.tensor_type.shape.dim):
+        if dimension.dim_param:
+            dimension.dim_param = renamed(dimension.dim_param)
+    for value in values:
+        value.name = renamed(value.name)
+    for initializer in graph.initializer:
+        initializer.name = renamed(initializer.name)
+    for node in graph.node:
+        node.name = renamed(node.name)
+        node.input[:] = [renamed(name) for name in node.input]
+        node.output[:] = [renamed(name) for name in node.output]
 
 
 def tensorflow_probabilities(function, images, batch_size=1024):
