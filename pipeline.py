@@ -179,6 +179,7 @@ def build_pipeline(
         test_csv: str = "",
         validation_fraction: float = 0.1,
         seed: int = 42,
+        train_csv_rows: int = 0,
         network: str = "deotte",
         epochs: int = 15,
         batch_size: int = 128,

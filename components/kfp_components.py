@@ -32,6 +32,7 @@ def preprocess_component(
     test_csv: Input[Dataset],
     validation_fraction: float,
     seed: int,
+    train_csv_rows: int,
     train_data: Output[Dataset],
     validation_data: Output[Dataset],
     test_data: Output[Dataset],

@@ -53,6 +53,7 @@ def preprocess(
     test_data: str | Path,
     validation_fraction: float = 0.1,
     seed: int = 42,
+    train_csv_rows: int = 0,
 ) -> dict:
     """Read and check both CSVs, then write `images`/`labels` arrays for training, validation and test.
 
@@ -66,8 +67,13 @@ def preprocess(
         test_data: where to write test.npz
         validation_fraction: share of train.csv held out, stratified by digit
         seed: seed of the split
+        train_csv_rows: use only the first rows of train.csv, this many (0, or more than it holds: all of it)
     """
+    if train_csv_rows < 0:
+        raise ValueError(f"train_csv_rows must be 0 (all) or more, got {train_csv_rows}")
     labels, pixels = read_csv(train_csv, labelled=True)
+    if train_csv_rows:  # every row is still checked: a bad file is refused whatever its rows' use
+        labels, pixels = labels[:train_csv_rows], pixels[:train_csv_rows]
     _, test_pixels = read_csv(test_csv, labelled=False)
     if len(labels) * validation_fraction < 10:
         raise InputError(

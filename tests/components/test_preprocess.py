@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from common.errors import InputError
 from components.artifacts import load_arrays
-from components.preprocess import main, stratified_split
+from components.preprocess import main, preprocess, stratified_split
 from tests.conftest import run_module
 
 
@@ -56,6 +57,24 @@ def test_cli_writes_the_arrays(tmp_path, fixture_data):
     assert len(labels) == 60
 
 
+def test_train_csv_rows_takes_the_first_rows_and_still_checks_the_rest(tmp_path, fixture_data):
+    outputs = {name: tmp_path / f"{name}.npz" for name in ("train_data", "validation_data", "test_data")}
+    csv_files = {"train_csv": fixture_data / "train.csv", "test_csv": fixture_data / "test.csv"}
+    summary = preprocess(**csv_files, **outputs, train_csv_rows=100)
+    assert (summary["train_rows"], summary["validation_rows"]) == (90, 10)
+    first_labels = np.loadtxt(fixture_data / "train.csv", delimiter=",", skiprows=1, usecols=0, max_rows=100)
+    labels = np.concatenate([load_arrays(outputs[name], "labels")[0] for name in ("train_data", "validation_data")])
+    assert sorted(labels) == sorted(first_labels)
+    assert preprocess(**csv_files, **outputs, train_csv_rows=10**6)["train_rows"] == 270  # all 300 rows
+    lines = (fixture_data / "train.csv").read_text().splitlines()
+    lines[200] = lines[200].replace(",0,", ",-1,", 1)
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="row 200"):
+        preprocess(tmp_path / "bad.csv", csv_files["test_csv"], **outputs, train_csv_rows=100)
+    with pytest.raises(ValueError, match="train_csv_rows must be 0 \\(all\\) or more, got -1"):
+        preprocess(**csv_files, **outputs, train_csv_rows=-1)
+
+
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, fixture_data):
     bad = tmp_path / "train.csv"
     lines = (fixture_data / "train.csv").read_text().splitlines()
@@ -80,5 +99,5 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, fixture_data):
 
 def test_cli_help_explains_every_option():
     result = run_module("-m", "components.preprocess", "--help")
-    for option in ("--train-csv", "--test-csv", "--out-dir", "--validation-fraction", "--seed"):
+    for option in ("--train-csv", "--test-csv", "--out-dir", "--validation-fraction", "--seed", "--train-csv-rows"):
         assert option in result.stdout
