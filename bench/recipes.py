@@ -44,7 +44,7 @@ BEFORE_19 = {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
     "quick": (
-        "one CNN, 1 epoch (the quick profile)",
+        "one CNN, 1 epoch (the quick profile before #19)",
         BEFORE_19 | {"epochs": 1},
     ),
     "default_5_epochs": (
@@ -295,7 +295,7 @@ def report(plot_path):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
-    bottom = 99.2  # the quick profile's one epoch scores far below: drawn on the bottom edge, its score in its label
+    bottom = 99.2  # the one-epoch recipe scores far below: drawn on the bottom edge, its score in its label
     # Images, not minutes, on the axis: the minutes were measured on a shared machine; images/s is in BENCHMARKS.md.
     axis.set(
         xscale="log",

@@ -137,7 +137,7 @@ def parameter_options(parser: argparse.ArgumentParser, profile_default: str | No
         "--profile",
         choices=list(PROFILES),
         default=profile_default,
-        help="quick: one epoch, for demos and tests; default: one CNN, 15 epochs; "
+        help="quick: one epoch of the first 8,400 rows, for demos and tests; default: one CNN, 15 epochs; "
         "best: an ensemble of 5 CNNs in one ONNX model (default: default; with --resume, the run's)",
     )
     parser.add_argument(

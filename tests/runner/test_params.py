@@ -33,4 +33,5 @@ def test_a_local_run_gets_every_parameter_the_profile_then_the_params():
     assert set(arguments) == set(defaults) - {"train_csv", "test_csv"}
     assert arguments["epochs"] == 3  # the param over the profile's 1
     assert arguments["accuracy_threshold"] == pipeline.PROFILES["quick"]["accuracy_threshold"]
-    assert arguments["batch_size"] == defaults["batch_size"]
+    assert arguments["batch_size"] == pipeline.PROFILES["quick"]["batch_size"]
+    assert arguments["learning_rate"] == defaults["learning_rate"]  # not the profile's: the pipeline's default
