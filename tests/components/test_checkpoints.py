@@ -31,14 +31,14 @@ def test_the_data_digest_is_of_the_contents_not_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def larger_arrays(tmp_path_factory, arrays):
-    """The fixture's training images four times over: epochs long enough to kill a run between two of them."""
+    """The fixture's training images twice over: epochs long enough (about 2 s) to kill a run between two of them."""
     folder = tmp_path_factory.mktemp("larger")
     images, labels = load_arrays(arrays["train"], "images", "labels")
-    save_arrays(folder / "train.npz", images=np.tile(images, (4, 1, 1, 1)), labels=np.tile(labels, 4))
+    save_arrays(folder / "train.npz", images=np.tile(images, (2, 1, 1, 1)), labels=np.tile(labels, 2))
     return {"train": folder / "train.npz", "validation": arrays["validation"]}
 
 
-RESUMED_SETTINGS = dict(epochs=4, batch_size=32, seed=5, patience=4, elastic_alpha=34.0)
+RESUMED_SETTINGS = dict(epochs=3, batch_size=32, seed=5, patience=3, elastic_alpha=34.0)
 
 
 def train_command(arrays, model_dir, checkpoint_dir, **settings):
@@ -85,8 +85,8 @@ def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
         ensemble_size=ensemble_size,
         ema_momentum=ema_momentum,
     )
-    state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 2)
-    assert not state.get("finished") and 2 <= state["epochs_done"] < RESUMED_SETTINGS["epochs"]  # killed mid-member
+    state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 1)
+    assert not state.get("finished") and 1 <= state["epochs_done"] < RESUMED_SETTINGS["epochs"]  # killed mid-member
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {tmp_path / 'checkpoints'}/round-0-member-{killed_member}.npz after epoch" in result.stdout
