@@ -42,12 +42,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.state, self.arrays = saved or ({"epochs_done": 0, "stopped": False, "history": {}, "watched": []}, {})
 
     def restore(self, model):
-        """Give a freshly compiled model the saved weights and optimizer state; put the best model file back.
+        """Give a freshly compiled model, its optimizer built, the saved weights and optimizer state; put the best
+        model file back.
 
         Returns the number of epochs done: fit goes on from there.
         """
         if self.state["epochs_done"]:
-            model.optimizer.build(model.trainable_variables)
             for name, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
                 for index, variable in enumerate(variables):
                     variable.assign(self.arrays[f"{name}_{index}"])
