@@ -1,14 +1,14 @@
 """Where one training epoch's time goes, by kind of operation, and how far it is from the CPU's arithmetic limit.
 
-    python bench/profile_epoch.py [--networks compact deotte strided] [--train-csv data/digit-recognizer/train.csv]
+    python bench/profile_epoch.py [--variants NAME ...] [--train-csv data/digit-recognizer/train.csv]
 
-Each network trains one epoch (37,800 images, batch 128, augmented, float32: as the train step does), timed,
-after a few steps of warm-up; then `--profiled-steps` more under TensorFlow's profiler (a whole epoch's trace
-does not fit in memory). The profile's operations are summed by kind (the
-convolutions' three passes, batch normalization, the optimizer, the rest), as a share of the time the
-operations ran. The arithmetic limit is what this CPU does in float32 on a large matrix product, measured
-in the same run; the network's multiply-adds per image (forward) times three (forward and backward) say
-how much arithmetic an image takes.
+Each variant of bench_training.py (by default the one before #19 and the one since) trains one epoch (37,800
+images, batch 128, augmented: as the train step does), timed, after a few steps of warm-up; then
+`--profiled-steps` more under TensorFlow's profiler (a whole epoch's trace does not fit in memory). The
+profile's operations are summed by kind (the convolutions' three passes, batch normalization, the optimizer,
+the rest), as a share of the time the operations ran. The arithmetic limit is what this CPU does on a large
+matrix product in float32 (and bfloat16, where the CPU computes it), measured in the same run; the network's
+multiply-adds per image (forward) times three (forward and backward) say how much arithmetic an image takes.
 """
 
 import argparse
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from bench_training import BASELINE, DEFAULT, VARIANTS, build_variant
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from components.augmentation import training_dataset
 from components.kaggle_csv import read_csv
-from components.networks import build_model
 from components.preprocess import as_images
+from components.train import cpu_computes_bfloat16
 
 BATCH_SIZE = 128
 # Kinds of operation, by the first pattern found in the operation's name or type.
@@ -33,7 +34,8 @@ KINDS = (
     ("convolution, weights' gradient", ("Conv2DBackpropFilter",)),
     ("convolution, inputs' gradient", ("Conv2DBackpropInput",)),
     ("convolution, forward", ("Conv2D",)),
-    ("batch normalization", ("batch_normalization",)),
+    ("batch normalization", ("batch_normalization", "FusedBatchNorm")),
+    ("casts between float32 and bfloat16", ("Cast",)),
     ("optimizer update", ("adam_w", "AssignVariableOp", "ReadVariableOp")),
     ("pooling and activations", ("max_pooling", "MaxPool", "re_lu", "Relu")),
 )
@@ -52,9 +54,9 @@ def multiply_adds(model):
     return total
 
 
-def matrix_product_flops(size=2048, repeats=10):
-    """Float32 FLOP/s of TensorFlow's matrix product on this CPU: the arithmetic limit in practice."""
-    a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
+def matrix_product_flops(dtype, size=2048, repeats=10):
+    """FLOP/s of TensorFlow's matrix product in `dtype` on this CPU: the arithmetic limit in practice."""
+    a, b = (tf.cast(tf.random.normal([size, size]), dtype) for _ in range(2))
     tf.matmul(a, b).numpy()
     started = time.perf_counter()
     for _ in range(repeats):
@@ -90,8 +92,9 @@ def operation_seconds(profile_dir):
     return seconds
 
 
-def profile(network, images, labels, profiled_steps):
-    model = build_model(network)
+def profile(variant, images, labels, profiled_steps):
+    network, policy, fused_batch_norm, *_ = VARIANTS[variant]
+    model = build_variant(network, policy, fused_batch_norm)
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=0.003, weight_decay=0.0001),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
@@ -120,7 +123,7 @@ def profile(network, images, labels, profiled_steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--networks", nargs="+", default=["compact", "deotte", "strided"])
+    parser.add_argument("--variants", nargs="+", default=[BASELINE, DEFAULT], choices=list(VARIANTS))
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
     parser.add_argument("--images", type=int, default=37_800, help="an epoch: the train step's 90%% of 42,000 rows")
     parser.add_argument("--profiled-steps", type=int, default=20, help="steps of the epoch traced by the profiler")
@@ -128,15 +131,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     labels, pixels = read_csv(args.train_csv, labelled=True)
     images, labels = as_images(pixels)[: args.images], labels[: args.images]
-    limit = matrix_product_flops()
-    results = {"matrix_product_gflops": limit / 1e9, "networks": {}}
-    for network in args.networks:
-        measured = profile(network, images, labels, args.profiled_steps)
+    limits = {"float32": matrix_product_flops(tf.float32)}
+    if cpu_computes_bfloat16():
+        limits["mixed_bfloat16"] = matrix_product_flops(tf.bfloat16)
+    results = {"matrix_product_gflops": {policy: flops / 1e9 for policy, flops in limits.items()}, "variants": {}}
+    for variant in args.variants:
+        measured = profile(variant, images, labels, args.profiled_steps)
         # Forward and backward: about three times the forward pass's multiply-adds, two FLOPs each.
         flops = 6 * measured["multiply_adds_per_image"] * measured["images_per_second"]
         measured["gflops"] = flops / 1e9
-        measured["share_of_matrix_product"] = flops / limit
-        results["networks"][network] = measured
+        measured["share_of_matrix_product"] = flops / limits[VARIANTS[variant][1]]
+        results["variants"][variant] = measured
     print(json.dumps(results, indent=2))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")

@@ -37,7 +37,7 @@ from components.augmentation import training_dataset
 from components.export import inference_function, tensorflow_probabilities
 from components.networks import build_model
 from components.preprocess import preprocess
-from components.train import MODEL_FILE, load_models, train
+from components.train import MODEL_FILE, compile_for_training, load_models, train
 
 # The default recipe before #19 (the compact network), which most recipes vary one thing of.
 BEFORE_19 = {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}
@@ -74,6 +74,10 @@ RECIPES = {
     "deotte": (
         "Deotte's network (strided convolutions, dense head), otherwise the default (the default since #19)",
         BEFORE_19 | {"network": "deotte"},
+    ),
+    "deotte_bf16": (
+        "Deotte's network in bfloat16 (the default since #19 on a CPU with bfloat16 arithmetic)",
+        BEFORE_19 | {"network": "deotte", "mixed_precision": "on"},
     ),
     "default_all_rows": (
         "the default trained on all 42,000 rows (validation included, last epoch kept)",
@@ -135,14 +139,8 @@ def train_snapshots(
     steps_per_epoch = len(images) // batch_size
     cycle_epochs = epochs // snapshots
     model = build_model(network)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch),
-            weight_decay=weight_decay,
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=["accuracy"],
-    )
+    learning_rates = keras.optimizers.schedules.CosineDecayRestarts(learning_rate, cycle_epochs * steps_per_epoch)
+    compile_for_training(model, learning_rates, weight_decay, label_smoothing)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
 
     def save_snapshot(epoch, logs):

@@ -56,17 +56,18 @@ def precision_policy(mixed_precision, gpus):
     """The Keras dtype policy: "on", "off", or "auto" (mixed precision where it is known to pay).
 
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
-    newer) and bfloat16 on the CPU. Auto leaves the CPU in float32: with AVX-512 BF16, bfloat16 trained the
-    compact network faster but Deotte's, the default, no faster; without bfloat16 arithmetic it is emulated
-    and much slower (docs/BENCHMARKS.md).
+    newer) and bfloat16 on the CPU (auto: when the CPU has bfloat16 arithmetic, AVX-512 BF16 or AMX, where it
+    trained Deotte's network 1.5x as fast; without it bfloat16 is emulated and much slower, docs/BENCHMARKS.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
     mixed = "mixed_float16" if gpus else "mixed_bfloat16"
     if mixed_precision != "auto":
         return mixed if mixed_precision == "on" else "float32"
+    if not gpus:
+        return mixed if cpu_computes_bfloat16() else "float32"
     capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) for gpu in gpus]
-    return mixed if capabilities and min(capabilities) >= (7, 0) else "float32"
+    return mixed if min(capabilities) >= (7, 0) else "float32"
 
 
 def fit(
@@ -111,14 +112,7 @@ def fit(
         )
     with strategy.scope():
         model = build_model(network)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
-        # Every variable made before fit (the optimizer's, and the accuracy's, named rather than "accuracy"):
-        # a train step that makes variables is traced twice, 4 s more of Deotte's network here.
-        model.optimizer.build(model.trainable_variables)
+        compile_for_training(model, learning_rate, weight_decay, label_smoothing)
     with atomic_path(model_path) as temporary_path:
         # Validation images inside the training set make validation accuracy meaningless for choosing an epoch:
         # then the last epoch is kept and nothing stops early.
@@ -174,6 +168,20 @@ def fit(
         checkpoint.finish(model_path)
         return checkpoint.state["history"]
     return {name: [float(value) for value in values] for name, values in history.history.items()}
+
+
+def compile_for_training(model, learning_rate, weight_decay, label_smoothing):
+    """Compile `model` with train's optimizer (AdamW), loss (label-smoothed cross-entropy) and accuracy metric.
+
+    Every variable is made here, before fit (the optimizer's, and the accuracy's, named rather than "accuracy"):
+    a train step that makes variables is traced twice, 4 s more of Deotte's network here.
+    """
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    model.optimizer.build(model.trainable_variables)
 
 
 def train(

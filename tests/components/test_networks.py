@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from common.errors import InputError
-from components.networks import build_model, load_model_file
+from components.networks import FusedBatchNormalization, build_model, load_model_file
 
 
 @pytest.mark.parametrize("network", ["deotte", "compact", "strided"])
@@ -37,3 +38,41 @@ def test_models_of_earlier_versions_and_foreign_models_load_or_are_refused_in_on
         r"\(deotte, compact, strided\)",
     ):
         load_model_file(tmp_path / "model-0.keras")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_batch_normalization_trains_as_keras_own(dtype):
+    features = np.random.default_rng(0).normal(3, 2, (16, 7, 7, 5)).astype(np.float32)
+    scale = np.random.default_rng(1).normal(size=5).astype(np.float32)
+    results = []
+    for layer in (keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)):
+        layer.build(features.shape)
+        layer.gamma.assign(scale)
+        layer.beta.assign(scale / 3)
+        inputs = tf.cast(features, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = tf.cast(layer(inputs, training=True), tf.float32)
+            loss = tf.reduce_sum(outputs**3)
+        results.append([outputs, *tape.gradient(loss, [inputs, layer.gamma, layer.beta])])
+        results[-1] += [layer.moving_mean, layer.moving_variance, layer(inputs, training=False)]
+    tolerance = 1e-5 if dtype == "float32" else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    for keras_own, fused in zip(*results):
+        keras_own, fused = (np.asarray(tf.cast(value, tf.float32)) for value in (keras_own, fused))
+        np.testing.assert_allclose(fused, keras_own, atol=tolerance * np.abs(keras_own).max(), rtol=0)
+
+
+def test_fused_batch_normalization_normalizes_channels_of_feature_maps_only():
+    with pytest.raises(ValueError, match=r"channels \(axis -1\) of NHWC feature maps; got axis 1"):
+        FusedBatchNormalization(axis=1).build((None, 7, 7, 5))
+    with pytest.raises(ValueError, match=r"for inputs of shape \(None, 5\)"):
+        FusedBatchNormalization().build((None, 5))
+
+
+def test_a_trained_model_saves_and_loads_with_its_fused_batch_normalization(tmp_path):
+    model = build_model("deotte")
+    model.save(tmp_path / "model-0.keras")
+    loaded = keras.models.load_model(tmp_path / "model-0.keras", compile=False)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in loaded.layers)
+    for loaded_weights, saved in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded_weights, saved)
