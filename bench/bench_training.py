@@ -41,20 +41,20 @@ def build_variant(network, policy, fused_batch_norm):
 
 # name: (network, dtype policy, fused batch normalization, batch size, augmentation, XLA, steps per execution)
 BASELINE = "compact network, float32, Keras' batch normalization (the default before #19)"
-DEFAULT = "Deotte's network, bfloat16, fused batch normalization (the default since #19)"
+DEFAULT = "Deotte's network, float32, fused batch normalization (the default since #19)"
 VARIANTS = {
     BASELINE: ("compact", "float32", False, 128, True, False, 1),
     "compact, fused batch normalization": ("compact", "float32", True, 128, True, False, 1),
     "compact, bfloat16": ("compact", "mixed_bfloat16", False, 128, True, False, 1),
     "compact, bfloat16, fused": ("compact", "mixed_bfloat16", True, 128, True, False, 1),
-    "Deotte's network, float32": ("deotte", "float32", False, 128, True, False, 1),
-    "Deotte's, fused": ("deotte", "float32", True, 128, True, False, 1),
-    "Deotte's, bfloat16": ("deotte", "mixed_bfloat16", False, 128, True, False, 1),
-    DEFAULT: ("deotte", "mixed_bfloat16", True, 128, True, False, 1),
-    "the default, no augmentation": ("deotte", "mixed_bfloat16", True, 128, False, False, 1),
-    "the default, 8 steps per execution": ("deotte", "mixed_bfloat16", True, 128, True, False, 8),
-    "the default, batch 256": ("deotte", "mixed_bfloat16", True, 256, True, False, 1),
-    "the default, XLA": ("deotte", "mixed_bfloat16", True, 128, True, True, 1),
+    "Deotte's network, float32, Keras' batch normalization": ("deotte", "float32", False, 128, True, False, 1),
+    DEFAULT: ("deotte", "float32", True, 128, True, False, 1),
+    "the default, no augmentation": ("deotte", "float32", True, 128, False, False, 1),
+    "the default, 8 steps per execution": ("deotte", "float32", True, 128, True, False, 8),
+    "the default, batch 256": ("deotte", "float32", True, 256, True, False, 1),
+    "the default, XLA": ("deotte", "float32", True, 128, True, True, 1),
+    "Deotte's, bfloat16, Keras' batch normalization": ("deotte", "mixed_bfloat16", False, 128, True, False, 1),
+    "Deotte's, bfloat16, fused (mixed_precision=on)": ("deotte", "mixed_bfloat16", True, 128, True, False, 1),
     "strided network, float32, fused": ("strided", "float32", True, 128, True, False, 1),
     "strided, bfloat16, fused": ("strided", "mixed_bfloat16", True, 128, True, False, 1),
 }
