@@ -20,9 +20,11 @@ GPU ?= $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo 1 || echo 0)
 VENV_TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
 
+# --compile-bytecode: uv writes no .pyc files (pip does), so each step's process compiled TensorFlow's Python
+# again wherever Python may not write them (PYTHONDONTWRITEBYTECODE): 9 s an import of TensorFlow, not 4.
 $(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/uv
 	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/uv pip uninstall --python $(BIN)/python --quiet $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
 	touch $@
 
 install: $(VENV)/.installed-$(VENV_TENSORFLOW)

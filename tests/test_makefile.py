@@ -59,12 +59,10 @@ def make_dry_run(folder, *arguments, gpus_listed):
 
 
 def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
-    assert "uv pip install --python .venv/bin/python --quiet -e '.[pipeline,gpu,serve,test]'" in make_dry_run(
-        project_copy, "install", gpus_listed=True
-    )
-    assert "uv pip install --python .venv/bin/python --quiet -e '.[pipeline,cpu,serve,test]'" in make_dry_run(
-        project_copy, "install", gpus_listed=False
-    )
+    install = "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,gpu,serve,test]'"
+    assert install in make_dry_run(project_copy, "install", gpus_listed=True)
+    install = "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,cpu,serve,test]'"
+    assert install in make_dry_run(project_copy, "install", gpus_listed=False)
     assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
     assert "'.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=1", gpus_listed=False)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
