@@ -57,7 +57,7 @@ def precision_policy(mixed_precision, gpus):
 
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
     newer) and bfloat16 on the CPU. Auto leaves the CPU in float32: with AVX-512 BF16, bfloat16 trained
-    Deotte's network (the default) 1.5x as fast but scored lower on the leaderboard, 99.42% against 99.48%
+    Deotte's network (the default) 1.43x as fast but scored lower on the leaderboard, 99.42% against 99.49%
     over five seeds; without bfloat16 arithmetic it is emulated and much slower (docs/BENCHMARKS.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
