@@ -6,7 +6,7 @@ Every variant is built once, then they take turns, `--repeats` times each (after
 tracing and thread pools), so a busy machine slows all of them alike; medians are reported, with each
 variant's ratio to the baseline: the default before #19, the compact network in float32 with Keras' own batch
 normalization, batch 128, augmented. A measurement is the steps between the first step's end and the last's:
-a fit's start (the first batch) and end (tf.data's threads winding down, up to 2 s here) are not training.
+a fit's start (the first batch) and end (up to 2.5 s while training's tf.data autotuned) are not training.
 The bfloat16 variants run only where the CPU computes bfloat16 (AVX-512 BF16 or AMX).
 """
 
