@@ -205,6 +205,7 @@ def build_pipeline(
         pseudo_labels: bool = False,
         pseudo_label_confidence: float = 0.85,
         mixed_precision: str = "auto",
+        float32_epochs: int = 3,
         checkpoint_dir: str = "",
         tta: bool = False,
         parity_tolerance: float = 0.0001,

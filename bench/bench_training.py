@@ -7,10 +7,12 @@ tracing and thread pools), so a busy machine slows all of them alike; medians ar
 variant's ratio to the baseline: the default before #19, the compact network in float32 with Keras' own batch
 normalization, batch 128, augmented. A measurement is the steps between the first step's end and the last's:
 a fit's start (the first batch) and end (up to 2.5 s while training's tf.data autotuned) are not training.
-The bfloat16 variants run only where the CPU computes bfloat16 (AVX-512 BF16 or AMX).
+The bfloat16 variants run only where the CPU computes bfloat16 (AVX-512 BF16 or AMX); there the default
+trains its first epochs in bfloat16 and its last ones in float32, and its row is that mix of the two rates.
 """
 
 import argparse
+import inspect
 import json
 import statistics
 import time
@@ -23,7 +25,9 @@ from components.augmentation import training_dataset
 from components.kaggle_csv import read_csv
 from components.networks import build_model
 from components.preprocess import as_images
-from components.train import cpu_computes_bfloat16
+from components.train import cpu_computes_bfloat16, train
+
+EPOCH_SPLIT = ("epochs", "float32_epochs")  # train's, for the default's rate over a whole training
 
 
 def build_variant(network, policy, fused_batch_norm):
@@ -41,20 +45,22 @@ def build_variant(network, policy, fused_batch_norm):
 
 # name: (network, dtype policy, fused batch normalization, batch size, augmentation, XLA, steps per execution)
 BASELINE = "compact network, float32, Keras' batch normalization (the default before #19)"
-DEFAULT = "Deotte's network, float32, fused batch normalization (the default since #19)"
+FLOAT32 = "Deotte's network, float32, fused batch normalization (the default's float32 epochs)"
+BFLOAT16 = "Deotte's, bfloat16, fused (the default's bfloat16 epochs; mixed_precision=on)"
+DEFAULT = "the default since #19: Deotte's, fused, bfloat16 but its last epochs float32 (the two rows above)"
 VARIANTS = {
     BASELINE: ("compact", "float32", False, 128, True, False, 1),
     "compact, fused batch normalization": ("compact", "float32", True, 128, True, False, 1),
     "compact, bfloat16": ("compact", "mixed_bfloat16", False, 128, True, False, 1),
     "compact, bfloat16, fused": ("compact", "mixed_bfloat16", True, 128, True, False, 1),
     "Deotte's network, float32, Keras' batch normalization": ("deotte", "float32", False, 128, True, False, 1),
-    DEFAULT: ("deotte", "float32", True, 128, True, False, 1),
+    FLOAT32: ("deotte", "float32", True, 128, True, False, 1),
     "the default, no augmentation": ("deotte", "float32", True, 128, False, False, 1),
     "the default, 8 steps per execution": ("deotte", "float32", True, 128, True, False, 8),
     "the default, batch 256": ("deotte", "float32", True, 256, True, False, 1),
     "the default, XLA": ("deotte", "float32", True, 128, True, True, 1),
     "Deotte's, bfloat16, Keras' batch normalization": ("deotte", "mixed_bfloat16", False, 128, True, False, 1),
-    "Deotte's, bfloat16, fused (mixed_precision=on)": ("deotte", "mixed_bfloat16", True, 128, True, False, 1),
+    BFLOAT16: ("deotte", "mixed_bfloat16", True, 128, True, False, 1),
     "strided network, float32, fused": ("strided", "float32", True, 128, True, False, 1),
     "strided, bfloat16, fused": ("strided", "mixed_bfloat16", True, 128, True, False, 1),
 }
@@ -99,11 +105,20 @@ def main(argv=None):
             measured = images_per_second(models[name], dataset, batch_size, steps_per_execution)
             if repeat:  # the first round warms up
                 timings[name].append(measured)
+    if computes_bfloat16:
+        # The default's rate over a whole training: its first epochs at the bfloat16 rate, the rest at float32's,
+        # from the two measured in the same round.
+        epochs, float32_epochs = (inspect.signature(train).parameters[name].default for name in EPOCH_SPLIT)
+        timings[DEFAULT] = [
+            epochs / ((epochs - float32_epochs) / bfloat16 + float32_epochs / float32)
+            for bfloat16, float32 in zip(timings[BFLOAT16], timings[FLOAT32], strict=True)
+        ]
     medians = {name: statistics.median(values) for name, values in timings.items()}
     results = {
         "steps_of_128": args.steps,
         "repeats": args.repeats,
         "cpu_computes_bfloat16": computes_bfloat16,
+        "default_epochs": {name: inspect.signature(train).parameters[name].default for name in EPOCH_SPLIT},
         "images_per_second": medians,
         "ratio_to_baseline": {name: value / medians[BASELINE] for name, value in medians.items()},
     }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from bench_training import BASELINE, DEFAULT, VARIANTS, build_variant
+from bench_training import BASELINE, FLOAT32, VARIANTS, build_variant
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from components.augmentation import training_dataset
@@ -127,7 +127,7 @@ def profile(variant, images, labels, profiled_steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=[BASELINE, DEFAULT], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=[BASELINE, FLOAT32], choices=list(VARIANTS))
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
     parser.add_argument("--images", type=int, default=37_800, help="an epoch: the train step's 90%% of 42,000 rows")
     parser.add_argument("--profiled-steps", type=int, default=20, help="steps of the epoch traced by the profiler")

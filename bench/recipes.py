@@ -40,7 +40,14 @@ from components.preprocess import preprocess
 from components.train import MODEL_FILE, compile_for_training, load_models, train
 
 # The default recipe before #19 (the compact network), which most recipes vary one thing of.
-BEFORE_19 = {"network": "compact", "epochs": 15, "batch_size": 128, "patience": 5, "mixed_precision": "off"}
+BEFORE_19 = {
+    "network": "compact",
+    "epochs": 15,
+    "batch_size": 128,
+    "patience": 5,
+    "mixed_precision": "off",
+    "float32_epochs": 0,
+}
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
     "quick": (
@@ -61,11 +68,11 @@ RECIPES = {
     ),
     "bf16_b256_40": (
         "one CNN, 40 epochs, batch 256, bfloat16, early stopping after 5 stalled epochs",
-        BEFORE_19 | {"epochs": 40, "batch_size": 256, "mixed_precision": "auto"},
+        BEFORE_19 | {"epochs": 40, "batch_size": 256, "mixed_precision": "on"},
     ),
     "bf16_b256_30_full": (
         "one CNN, 30 epochs, batch 256, bfloat16, no early stopping",
-        BEFORE_19 | {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "auto"},
+        BEFORE_19 | {"epochs": 30, "batch_size": 256, "patience": 30, "mixed_precision": "on"},
     ),
     "strided": (
         "the strided network (the compact one with stride-2 convolutions in place of pooling), otherwise the default",
@@ -78,6 +85,10 @@ RECIPES = {
     "deotte_bf16": (
         "Deotte's network in bfloat16 (mixed_precision=on), otherwise the default since #19",
         BEFORE_19 | {"network": "deotte", "mixed_precision": "on"},
+    ),
+    "deotte_bf16_float32_last_3": (
+        "Deotte's network in bfloat16, its last 3 epochs in float32, otherwise the default since #19",
+        BEFORE_19 | {"network": "deotte", "mixed_precision": "on", "float32_epochs": 3},
     ),
     "default_all_rows": (
         "the default trained on all 42,000 rows (validation included, last epoch kept)",

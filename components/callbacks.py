@@ -118,3 +118,23 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.swap(True)
+
+
+class Float32Finish(keras.callbacks.Callback):
+    """From epoch `first_epoch` on, every layer computes in float32: a mixed-precision fit's last epochs.
+
+    The variables are float32 under mixed precision too, so the same variables and optimizer go on; only the
+    train and test functions are traced again, with float32 compute.
+    """
+
+    def __init__(self, first_epoch):
+        super().__init__()
+        self.first_epoch = first_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch < self.first_epoch or self.model.compute_dtype == "float32":
+            return
+        for layer in [self.model, *self.model.layers]:
+            layer.dtype_policy = "float32"
+        self.model.make_train_function(force=True)
+        self.model.make_test_function(force=True)

@@ -84,6 +84,7 @@ def train_component(
     pseudo_labels: bool,
     pseudo_label_confidence: float,
     mixed_precision: str,
+    float32_epochs: int,
     checkpoint_dir: str,
     checkpoint_subfolder: str,
     model: Output[Model],

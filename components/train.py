@@ -15,7 +15,7 @@ from common.errors import InputError
 from components import progress
 from components.artifacts import atomic_path, load_arrays, save_json
 from components.augmentation import training_dataset
-from components.callbacks import EpochProgress, EpochTimer, WeightAverage
+from components.callbacks import EpochProgress, EpochTimer, Float32Finish, WeightAverage
 from components.checkpoints import (
     CHECKPOINT_FILE,
     TrainingCheckpoint,
@@ -56,15 +56,19 @@ def precision_policy(mixed_precision, gpus):
     """The Keras dtype policy: "on", "off", or "auto" (mixed precision where it is known to pay).
 
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
-    newer) and bfloat16 on the CPU. Auto leaves the CPU in float32: with AVX-512 BF16, bfloat16 trained
-    Deotte's network (the default) 1.43x as fast but scored lower on the leaderboard, 99.42% against 99.49%
-    over five seeds; without bfloat16 arithmetic it is emulated and much slower (docs/BENCHMARKS.md).
+    newer) and bfloat16 on the CPU (auto: when it computes bfloat16, AVX-512 BF16 or AMX; emulated, it is much
+    slower than float32). Train finishes a mixed-precision fit in float32 (`float32_epochs`): on AVX-512 BF16,
+    bfloat16 with the last 3 of 15 epochs in float32 trained Deotte's network in 0.74x float32's time and
+    scored 99.46% on the leaderboard over five seeds, against 99.49% in float32 and 99.42% all in bfloat16
+    (docs/MODEL.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
     mixed = "mixed_float16" if gpus else "mixed_bfloat16"
     if mixed_precision != "auto":
         return mixed if mixed_precision == "on" else "float32"
+    if not gpus:
+        return mixed if cpu_computes_bfloat16() else "float32"
     capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0)) for gpu in gpus]
     return mixed if capabilities and min(capabilities) >= (7, 0) else "float32"
 
@@ -89,6 +93,7 @@ def fit(
     seed,
     train_on_validation,
     ema_momentum,
+    float32_epochs,
     checkpoint_path=None,
     epoch_progress=None,
 ):
@@ -133,6 +138,8 @@ def fit(
             *([weight_average] if weight_average else []),
             *best_epoch_callbacks,
         ]
+        if float32_epochs and model.compute_dtype != "float32":
+            callbacks.insert(0, Float32Finish(epochs - float32_epochs))
         checkpoint = checkpoint_path and TrainingCheckpoint(
             checkpoint_path, temporary_path, best_epoch_callbacks, weight_average
         )
@@ -205,6 +212,7 @@ def train(
     pseudo_label_data: str | Path | None = None,
     pseudo_label_confidence: float = 0.85,
     mixed_precision: str = "auto",
+    float32_epochs: int = 3,
     curves_png: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> dict:
@@ -224,8 +232,9 @@ def train(
     at least `pseudo_label_confidence` added to the training set (label smoothing 0.1 caps a sure
     prediction near 0.91; at 0.85 a model took 89% of the test images, and was right on every validation
     image it was that sure of). Several GPUs are used as one (MirroredStrategy); `mixed_precision` is
-    "auto" (float16 compute on GPUs with tensor cores), "on" (float16 on GPUs, bfloat16 on the CPU) or
-    "off". With `curves_png`, loss and error per epoch are plotted there. With `checkpoint_dir`, each member's
+    "auto" (float16 compute on GPUs with tensor cores, bfloat16 on CPUs with bfloat16 arithmetic), "on"
+    (float16 on GPUs, bfloat16 on the CPU) or "off"; with it, the last `float32_epochs` epochs compute in
+    float32. With `curves_png`, loss and error per epoch are plotted there. With `checkpoint_dir`, each member's
     fit is saved there after every epoch; started again with the same settings and data, training goes on
     after the last finished epoch and keeps the members already finished (a folder holding checkpoints of
     other settings is refused).
@@ -256,7 +265,8 @@ def train(
             confidently
         pseudo_label_confidence: least probability for a pseudo-label
         mixed_precision: mixed precision: float16 on GPUs, bfloat16 on the CPU; auto turns it on for GPUs with
-            tensor cores
+            tensor cores and CPUs with bfloat16 arithmetic (AVX-512 BF16 or AMX)
+        float32_epochs: with mixed precision, the last epochs, which compute in float32
         curves_png: where to plot the training curves (PNG, optional)
         checkpoint_dir: save each epoch there; started again with the same settings, training goes on from the
             last one (default: no checkpoints)
@@ -269,6 +279,8 @@ def train(
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if float32_epochs < 0:
+        raise ValueError(f"float32_epochs must be at least 0, got {float32_epochs}")
     check_network(network)
     if learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
         raise ValueError(f"learning_rate_schedule must be cosine or constant, got {learning_rate_schedule!r}")
@@ -278,9 +290,13 @@ def train(
         raise ValueError(f"pseudo_label_confidence must be in (0, 1], got {pseudo_label_confidence}")
     devices = training_devices()
     gpus = tf.config.list_physical_devices("GPU")
-    policy = precision_policy(mixed_precision, gpus)
+    # A fit whose every epoch is in float32 (the quick profile's one epoch) has no mixed precision.
+    policy = precision_policy(mixed_precision, gpus) if float32_epochs < epochs else "float32"
     where = f"training on {len(devices)} GPU(s)" if devices else "training on the CPU (no GPU found)"
-    progress.say(where + ("" if policy == "float32" else f", mixed precision ({policy.removeprefix('mixed_')})"))
+    if policy != "float32":
+        where += f", mixed precision ({policy.removeprefix('mixed_')})"
+        where += f", float32 from epoch {epochs - float32_epochs + 1}" if float32_epochs else ""
+    progress.say(where)
     if policy == "mixed_bfloat16" and not cpu_computes_bfloat16():
         progress.say("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated, several times slower")
     train_images, train_labels = load_arrays(train_data, "images", "labels")
@@ -301,6 +317,7 @@ def train(
         patience=patience,
         train_on_validation=train_on_validation,
         ema_momentum=ema_momentum,
+        float32_epochs=float32_epochs,
     )
     if checkpoint_dir:
         check_checkpoint_settings(

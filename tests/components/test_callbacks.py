@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 
-from components.callbacks import EpochProgress, WeightAverage, duration
+from components.callbacks import EpochProgress, Float32Finish, WeightAverage, duration
 
 
 def test_weight_average_averages_every_weight_with_a_warm_up():
@@ -30,6 +30,39 @@ def test_weight_average_averages_every_weight_with_a_warm_up():
     assert len(model.weights) == 8  # 2 kernels, 2 biases, batch norm's gamma, beta, mean and variance
     for average, weight in zip(expected, model.weights, strict=True):
         np.testing.assert_allclose(weight.numpy(), average, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mixed_precision_fit_finishes_in_float32_on_the_same_variables_and_optimizer():
+    class Traced(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            traced.append((bool(training), inputs.dtype))  # Python runs once per trace of a train or test function
+            return inputs
+
+    traced = []
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Traced(), keras.layers.Dense(2)])
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    kernel = model.layers[0].kernel
+    traced.clear()  # the functional build's call
+    images, targets = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
+    model.fit(
+        images,
+        targets,
+        batch_size=16,
+        epochs=3,
+        validation_data=(images[:32], targets[:32]),
+        callbacks=[Float32Finish(2)],
+        verbose=0,
+    )
+    # Epochs 1 and 2 trained and validated in bfloat16, epoch 3 in float32.
+    assert traced == [(True, "bfloat16"), (False, "bfloat16"), (True, "float32"), (False, "float32")]
+    assert {layer.compute_dtype for layer in [model, *model.layers]} == {"float32"}
+    assert model.layers[0].kernel is kernel and kernel.dtype == "float32"
+    assert int(model.optimizer.iterations.numpy()) == 12  # one optimizer throughout: 4 steps an epoch
 
 
 def test_each_epoch_prints_one_line_with_the_time_left(capsys):

@@ -73,31 +73,32 @@ def kill_after_epoch(command, checkpoint, epochs_done):
     return read_checkpoint(checkpoint)[0]
 
 
-@pytest.mark.parametrize("ensemble_size, killed_member, ema_momentum", [(1, 0, 0.0), (2, 1, 0.0), (1, 0, 0.9)])
+@pytest.mark.parametrize(
+    "ensemble_size, killed_member, ema_momentum, mixed_precision",
+    [(1, 0, 0.0, "off"), (2, 1, 0.0, "off"), (1, 0, 0.9, "off"), (1, 0, 0.0, "on")],
+)
 def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
-    tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum
+    tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum, mixed_precision
 ):
     # With a weight average too: the raw weights it keeps between epochs, and its step, are in the checkpoint.
-    command = train_command(
-        larger_arrays,
-        tmp_path / "resumed",
-        tmp_path / "checkpoints",
-        ensemble_size=ensemble_size,
-        ema_momentum=ema_momentum,
+    # In mixed precision, killed in bfloat16: the resumed fit's last epoch is float32 as the uninterrupted one's.
+    settings = dict(
+        ensemble_size=ensemble_size, ema_momentum=ema_momentum, mixed_precision=mixed_precision, float32_epochs=1
     )
+    command = train_command(larger_arrays, tmp_path / "resumed", tmp_path / "checkpoints", **settings)
     state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 1)
     assert not state.get("finished") and 1 <= state["epochs_done"] < RESUMED_SETTINGS["epochs"]  # killed mid-member
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {tmp_path / 'checkpoints'}/round-0-member-{killed_member}.npz after epoch" in result.stdout
     assert ("member finished before" in result.stdout) is (killed_member > 0)
+    assert ("mixed precision (bfloat16), float32 from epoch 3" in result.stdout) is (mixed_precision == "on")
     uninterrupted = train(
         larger_arrays["train"],
         larger_arrays["validation"],
         tmp_path / "whole",
         tmp_path / "whole.json",
-        ensemble_size=ensemble_size,
-        ema_momentum=ema_momentum,
+        **settings,
         **RESUMED_SETTINGS,
     )
     resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())

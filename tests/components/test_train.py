@@ -141,6 +141,7 @@ def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32
         epochs=1,
         batch_size=64,
         mixed_precision="on",
+        float32_epochs=0,
     )
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
     assert "this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated" in capsys.readouterr().out
@@ -150,6 +151,16 @@ def test_mixed_precision_on_the_cpu_trains_in_bfloat16_and_loads_back_in_float32
     (model,) = load_models(tmp_path / "m")
     assert model.name == network
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_mixed_precision_training_finishes_in_float32_and_is_off_when_every_epoch_is(tmp_path, arrays, capsys):
+    settings = dict(network="compact", batch_size=64, mixed_precision="on", train_on_validation=True)
+    train(arrays["train"], arrays["validation"], tmp_path / "m", epochs=2, float32_epochs=1, **settings)
+    assert "mixed precision (bfloat16), float32 from epoch 2" in capsys.readouterr().out
+    saved = keras.models.load_model(tmp_path / "m" / "model-0.keras", compile=False)  # the last epoch's
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    train(arrays["train"], arrays["validation"], tmp_path / "n", epochs=1, float32_epochs=1, **settings)
+    assert "mixed precision" not in capsys.readouterr().out
 
 
 def test_bfloat16_arithmetic_is_read_off_the_cpu_flags(tmp_path):
@@ -164,11 +175,11 @@ def test_bfloat16_arithmetic_is_read_off_the_cpu_flags(tmp_path):
 
 
 def test_precision_policy_follows_the_hardware(monkeypatch):
-    for computes_bfloat16 in (True, False):  # the CPU: bfloat16 only when asked for, whatever the CPU computes
+    for computes_bfloat16, automatic in ((True, "mixed_bfloat16"), (False, "float32")):  # the CPU
         monkeypatch.setattr("components.train.cpu_computes_bfloat16", lambda computes=computes_bfloat16: computes)
-        assert precision_policy("auto", []) == "float32"
-    assert precision_policy("on", []) == "mixed_bfloat16"
-    assert precision_policy("off", []) == "float32"
+        assert precision_policy("auto", []) == automatic
+        assert precision_policy("on", []) == "mixed_bfloat16"  # emulated where the CPU has no bfloat16 arithmetic
+        assert precision_policy("off", []) == "float32"
     with pytest.raises(ValueError, match="mixed_precision must be auto, on or off"):
         precision_policy("yes", [])
 
@@ -234,6 +245,11 @@ def test_several_devices_train_one_mirrored_model(tmp_path, arrays):
 def test_train_rejects_non_positive_settings(tmp_path, arrays, name):
     with pytest.raises(ValueError, match=f"{name} must be at least 1"):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", **{name: 0})
+
+
+def test_train_rejects_negative_float32_epochs(tmp_path, arrays):
+    with pytest.raises(ValueError, match="float32_epochs must be at least 0, got -1"):
+        train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", float32_epochs=-1)
 
 
 def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
