@@ -2,8 +2,9 @@
 
     python bench/profile_epoch.py [--variants NAME ...] [--train-csv data/digit-recognizer/train.csv]
 
-Each variant of bench_training.py (by default the one before #19 and the one since) trains one epoch (37,800
-images, batch 128, augmented: as the train step does), timed, after a few steps of warm-up; then
+Each variant of bench_training.py (by default the one before #19 and the two precisions of the one since)
+trains one epoch (37,800 images, batch 128, augmented, compiled as the train step does), timed, after a few
+steps of warm-up; then
 `--profiled-steps` more under TensorFlow's profiler (a whole epoch's trace does not fit in memory). The
 profile's operations are summed by kind (the convolutions' three passes, batch normalization, the optimizer,
 the rest), as a share of the time the operations ran. The arithmetic limit is what this CPU does on a large
@@ -20,13 +21,13 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from bench_training import BASELINE, FLOAT32, VARIANTS, build_variant
+from bench_training import BASELINE, BFLOAT16, FLOAT32, VARIANTS, build_variant
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from components.augmentation import training_dataset
 from components.kaggle_csv import read_csv
 from components.preprocess import as_images
-from components.train import cpu_computes_bfloat16
+from components.train import compile_for_training, cpu_computes_bfloat16
 
 BATCH_SIZE = 128
 # Kinds of operation, by the first pattern found in the operation's name or type.
@@ -99,10 +100,7 @@ def operation_seconds(profile_dir):
 def profile(variant, images, labels, profiled_steps):
     network, policy, fused_batch_norm, *_ = VARIANTS[variant]
     model = build_variant(network, policy, fused_batch_norm)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=0.003, weight_decay=0.0001),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-    )
+    compile_for_training(model, learning_rate=0.003, weight_decay=0.0001, label_smoothing=0.1)
     steps = len(images) // BATCH_SIZE
     model.fit(training_dataset(images, labels, BATCH_SIZE, 1, seed=0, augment=True).take(5), verbose=0)
     started = time.perf_counter()
@@ -127,7 +125,7 @@ def profile(variant, images, labels, profiled_steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=[BASELINE, FLOAT32], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=[BASELINE, FLOAT32, BFLOAT16], choices=list(VARIANTS))
     parser.add_argument("--train-csv", default="data/digit-recognizer/train.csv")
     parser.add_argument("--images", type=int, default=37_800, help="an epoch: the train step's 90%% of 42,000 rows")
     parser.add_argument("--profiled-steps", type=int, default=20, help="steps of the epoch traced by the profiler")

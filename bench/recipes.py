@@ -79,15 +79,15 @@ RECIPES = {
         BEFORE_19 | {"network": "strided"},
     ),
     "deotte": (
-        "Deotte's network (strided convolutions, dense head), otherwise the default (the default since #19)",
+        "Deotte's network (strided convolutions, dense head), otherwise the default (the default since #19 in float32)",
         BEFORE_19 | {"network": "deotte"},
     ),
     "deotte_bf16": (
-        "Deotte's network in bfloat16 (mixed_precision=on), otherwise the default since #19",
+        "Deotte's network, all 15 epochs in bfloat16 (mixed_precision=on, float32_epochs=0), otherwise as since #19",
         BEFORE_19 | {"network": "deotte", "mixed_precision": "on"},
     ),
     "deotte_bf16_float32_last_3": (
-        "Deotte's network in bfloat16, its last 3 epochs in float32, otherwise the default since #19",
+        "Deotte's network in bfloat16, its last 3 epochs in float32 (the default since #19 on AVX-512 BF16)",
         BEFORE_19 | {"network": "deotte", "mixed_precision": "on", "float32_epochs": 3},
     ),
     "default_all_rows": (
