@@ -58,9 +58,8 @@ def precision_policy(mixed_precision, gpus):
     Mixed precision is float16 on GPUs (auto: when every GPU has tensor cores, compute capability 7.0 or
     newer) and bfloat16 on the CPU (auto: when it computes bfloat16, AVX-512 BF16 or AMX; emulated, it is much
     slower than float32). Train finishes a mixed-precision fit in float32 (`float32_epochs`): on AVX-512 BF16,
-    bfloat16 with the last 3 of 15 epochs in float32 trained Deotte's network in 0.74x float32's time and
-    scored 99.46% on the leaderboard over five seeds, against 99.49% in float32 and 99.42% all in bfloat16
-    (docs/MODEL.md).
+    so trained, Deotte's network scored within 0.05 points of float32 on the leaderboard, in three quarters
+    of its time; all in bfloat16 it scored lower (docs/MODEL.md).
     """
     if mixed_precision not in MIXED_PRECISION_MODES:
         raise ValueError(f"mixed_precision must be auto, on or off, got {mixed_precision!r}")
