@@ -48,6 +48,9 @@ def inference_function(models, tta=False):
 def to_onnx(function, opset=17):
     """The ONNX model proto of an `inference_function`."""
     # tf2onnx.convert.from_keras does not handle Keras 3 models; a tf.function converts cleanly.
+    # tf2onnx names what it adds from a process-wide counter and its passes visit sets of those names: each
+    # conversion counts from the start, as in a fresh process, so a second one in a process is the same graph.
+    tf2onnx.utils.INTERNAL_NAME = 1
     model_proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     renumber_made_names(model_proto.graph)
     return model_proto
