@@ -75,7 +75,7 @@ def kill_after_epoch(command, checkpoint, epochs_done):
 
 @pytest.mark.parametrize(
     "ensemble_size, killed_member, ema_momentum, mixed_precision",
-    [(1, 0, 0.0, "off"), (2, 1, 0.0, "off"), (1, 0, 0.9, "off"), (1, 0, 0.0, "on")],
+    [(1, 0, 0.0, "off"), (2, 1, 0.0, "off"), (1, 0, 0.9, "on")],
 )
 def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
     tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum, mixed_precision
