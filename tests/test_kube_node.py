@@ -517,7 +517,8 @@ def test_a_server_that_stops_answering_its_liveness_probe_is_restarted(served, d
     events = cluster.get("events", "--field-selector", f"involvedObject.name={name}")["items"]
     liveness = [event["message"] for event in events if event["message"].startswith("Liveness probe failed")]
     print(f"its probe: {liveness}")
-    assert liveness and "context deadline exceeded" in liveness[0], [event["message"] for event in events]
+    # A frozen server's probe times out; the pod's events may also hold an earlier test's kill (connection refused).
+    assert any("context deadline exceeded" in message for message in liveness), [event["message"] for event in events]
     assert restarts(cluster.get("pod", other["metadata"]["name"])) == restarts(other)
     # Requests sent to the frozen server time out; none sent once readiness had taken it out of the Service.
     assert all(moment < unready + 1 for moment, _ in traffic.failures), traffic.failures
