@@ -105,10 +105,11 @@ def main(argv=None):
             measured = images_per_second(models[name], dataset, batch_size, steps_per_execution)
             if repeat:  # the first round warms up
                 timings[name].append(measured)
+    default_epochs = {name: inspect.signature(train).parameters[name].default for name in EPOCH_SPLIT}
     if computes_bfloat16:
         # The default's rate over a whole training: its first epochs at the bfloat16 rate, the rest at float32's,
         # from the two measured in the same round.
-        epochs, float32_epochs = (inspect.signature(train).parameters[name].default for name in EPOCH_SPLIT)
+        epochs, float32_epochs = default_epochs.values()
         timings[DEFAULT] = [
             epochs / ((epochs - float32_epochs) / bfloat16 + float32_epochs / float32)
             for bfloat16, float32 in zip(timings[BFLOAT16], timings[FLOAT32], strict=True)
@@ -118,7 +119,7 @@ def main(argv=None):
         "steps_of_128": args.steps,
         "repeats": args.repeats,
         "cpu_computes_bfloat16": computes_bfloat16,
-        "default_epochs": {name: inspect.signature(train).parameters[name].default for name in EPOCH_SPLIT},
+        "default_epochs": default_epochs,
         "images_per_second": medians,
         "ratio_to_baseline": {name: value / medians[BASELINE] for name, value in medians.items()},
     }

@@ -67,8 +67,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """Keras' batch normalization of NHWC feature maps, trained with TensorFlow's fused kernel.
 
     Keras 3 normalizes a training batch in a chain of separate operations (mean, squared difference,
-    scaling: a fifth to a third of the compact network's epoch on the CPU); FusedBatchNormV3 does it, and its
-    gradient, in one kernel each (1.24x to 1.44x an epoch, docs/BENCHMARKS.md). It computes the same function:
+    scaling: a large share of the compact network's epoch on the CPU); FusedBatchNormV3 does it, and its
+    gradient, in one kernel each (how much faster: docs/BENCHMARKS.md). It computes the same function:
     the batch's mean and biased variance, the moving statistics updated with `momentum`. Inference, and so
     export, is Keras' own.
     """
