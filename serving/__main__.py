@@ -1,4 +1,4 @@
-"""python -m serving --model runs/latest/model.onnx [--host 127.0.0.1] [--port 8080]
+"""python -m serving --model runs/latest/model.onnx [--host 127.0.0.1] [--port 8080] [--grpc-port 8081]
 
 `--model` may name a folder: its model.onnx, or its only file (KServe's /mnt/models).
 """
@@ -20,6 +20,8 @@ class DrainingServer(uvicorn.Server):
     accepting, let requests in flight finish). Ctrl+C (SIGINT) or a second SIGTERM skips the drain.
 
     Kubernetes sends SIGTERM while Services may still route here for a moment: the drain answers them.
+    gRPC drains alike (its health service says NOT_SERVING, its calls are served), then, once uvicorn has
+    finished, stops as gracefully (serving.app's lifespan): no new calls, those in flight finish.
     """
 
     def __init__(self, config, model_server, drain_seconds):
@@ -42,7 +44,8 @@ class DrainingServer(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m serving",
-        description="Serve the digit model over HTTP (KServe V2 protocol, /predict, a drawing page at /).",
+        description="Serve the digit model: KServe's V2 protocol over HTTP (with /predict and a drawing page at /) "
+        "and over gRPC.",
     )
     parser.add_argument(
         "--model",
@@ -52,7 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)"
     )
-    parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default: %(default)s)")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8081,
+        help="gRPC port, on the same host (default: %(default)s, KServe's ModelServer's; 0: no gRPC)",
+    )
     parser.add_argument(
         "--model-name", default="digit-recognizer", help="the name in /v2/models/{name} (default: %(default)s)"
     )
@@ -79,9 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.drain_seconds < 0:
         parser.error(f"--drain-seconds must be 0 or more, got {args.drain_seconds}")
+    if args.grpc_port and args.grpc_port == args.port:
+        parser.error(f"--grpc-port must differ from --port ({args.port})")
     configure_logging(args.access_log)
     app = create_app(
         args.model,
+        grpc_address=f"{args.host}:{args.grpc_port}" if args.grpc_port else None,
         name=args.model_name,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,

@@ -14,129 +14,42 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 
 from common.errors import InputError
 from common.kaggle_format import TEST_HEADER, TRAIN_HEADER, value_problem
-from common.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
 from serving.batching import Batcher
 from serving.errors import BadRequest
 from serving.images import image_to_pixels
+from serving.model_server import SERVER_METADATA, ModelServer, access_log
 from serving.protocol import infer_response, parse_infer_request, pixels_from_array
 
 STATIC = Path(__file__).parent / "static"
 _LONG_NUMBER = re.compile(r"\d{10}")
-access_log = logging.getLogger("serving.access")
 
 
-class ModelServer:
-    """The loaded model, its batcher and its metrics; `ready` only once loaded and warmed.
-
-    `draining` (set on SIGTERM by serving.__main__): the server still answers every request, but
-    reports not ready and closes each connection after its answer, so load balancers move away.
-    """
-
-    def __init__(
-        self,
-        model_path,
-        name="digit-recognizer",
-        max_batch_size=64,
-        max_wait_ms=0.0,
-        max_images=1024,
-        max_body_bytes=8 * 1024 * 1024,
-        threads=0,
-    ):
-        self.model_path, self.name, self.threads = Path(model_path), name, threads
-        self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
-        self.max_images, self.max_body_bytes = max_images, max_body_bytes
-        self.session, self.batcher, self.ready, self.draining = None, None, False, False
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "request_seconds",
-            "HTTP request latency by route",
-            ["route"],
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-        )
-        self.batch_sizes = Histogram(
-            "batch_images",
-            "images per onnxruntime call",
-            registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        )
-
-    def load(self) -> None:
-        """Load and warm the model (a thread: the server answers liveness meanwhile)."""
-        self.model_path = model_file(self.model_path)
-        # No spinning: idle onnxruntime threads would take the core the event loop needs (p99 1.1 ms, not 1.6).
-        session = load_session(self.model_path, self.threads, spin=False)
-        for size in (1, self.max_batch_size):
-            session.run(None, {INPUT_NAME: np.zeros((size, 28, 28, 1), np.float32)})
-        self.session = session
-
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, labels = self.session.run(OUTPUT_NAMES, {INPUT_NAME: images})
-        return probabilities, labels
-
-    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not self.ready:
-            raise BadRequest("the model is not ready yet", status=503)
-        if len(images) > self.max_images:
-            raise BadRequest(f"a batch of {len(images)} images is over the limit of {self.max_images}", status=413)
-        return await self.batcher.infer(images)
-
-    def check_model_name(self, name: str) -> None:
-        if name != self.name:
-            raise BadRequest(f"unknown model {name!r}: this server serves {self.name!r}", status=404)
-
-    def check_declared_length(self, request: Request) -> None:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise BadRequest(f"body of {declared} bytes is over the limit of {self.max_body_bytes}", status=413)
-
-    async def body(self, request: Request) -> bytes:
-        """The request body, refused with 413 past `max_body_bytes` before it is all read."""
-        self.check_declared_length(request)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BadRequest(f"body is over the limit of {self.max_body_bytes} bytes", status=413)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def model_file(path: str | Path) -> Path:
-    """The model at `path`, or in the folder `path`: its model.onnx, else its only file.
-
-    KServe's storage initializer copies a model artifact into /mnt/models under the artifact's
-    own name (KFP calls it `onnx_model`), so a folder with one file is served as that file.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    if (path / "model.onnx").is_file():
-        return path / "model.onnx"
-    files = sorted(child for child in path.iterdir() if child.is_file() and not child.name.startswith("."))
-    if len(files) != 1:
-        found = ", ".join(child.name for child in files) or "no files"
-        raise InputError(f"{path}: a model folder needs model.onnx or exactly one file (found {found})")
-    return files[0]
-
-
-def create_app(model_path: str | Path, **settings) -> FastAPI:
+def create_app(model_path: str | Path, grpc_address: str | None = None, **settings) -> FastAPI:
+    """The HTTP app serving `model_path`; with `grpc_address` (host:port) it also runs the gRPC service
+    (serving.grpc_server) in the same event loop: one model, one batcher, one set of metrics for both."""
     server = ModelServer(model_path, **settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         server.batcher = Batcher(server.predict, server.max_batch_size, server.max_wait_ms, server.batch_sizes.observe)
         server.batcher.start()
+        grpc_server = None
+        if grpc_address:
+            # Imported only to serve gRPC: its messages bear the protocol's names (inference.*), which Triton's
+            # client registers too, and one process's protobuf descriptor pool holds a name once.
+            from serving.grpc_server import GRACE_SECONDS, start_grpc_server
+
+            grpc_server = await start_grpc_server(server, grpc_address)
         loading = asyncio.create_task(load_in_background())
         yield
         loading.cancel()
+        if grpc_server:  # uvicorn has finished its requests; gRPC calls in flight finish too (up to 30 s)
+            await grpc_server.stop(GRACE_SECONDS)
         await server.batcher.stop()
 
     async def load_in_background():
@@ -162,13 +75,24 @@ def create_app(model_path: str | Path, **settings) -> FastAPI:
     async def bad_request(request, error):
         return JSONResponse({"error": str(error)}, status_code=error.status)
 
+    # Starlette's own refusals (no such route, a method a route does not take) in V2's error shape too.
+    @app.exception_handler(HTTPException)
+    async def no_such_route(request, error):
+        if error.status_code == 404:
+            message = f"no route {request.method} {request.url.path}: the V2 protocol is under /v2, see /docs"
+        elif error.status_code == 405:
+            message = f"{request.url.path} does not take {request.method} (it takes {error.headers['Allow']})"
+        else:
+            message = str(error.detail)
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(STATIC / "index.html")
 
     @app.get("/v2", summary="Server metadata")
     async def server_metadata():
-        return {"name": "digit-recognizer-server", "version": "1", "extensions": ["binary_tensor_data"]}
+        return SERVER_METADATA
 
     @app.get("/v2/health/live", summary="Liveness")
     async def live():
@@ -177,22 +101,12 @@ def create_app(model_path: str | Path, **settings) -> FastAPI:
     # The V2 protocol answers readiness with the status: 200 for true, a 4xx for false.
     @app.get("/v2/health/ready", summary="Readiness: true once the model is loaded and warmed, until shutdown begins")
     async def ready():
-        ready = server.ready and not server.draining
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+        return JSONResponse({"ready": server.serving}, status_code=200 if server.serving else 400)
 
     @app.get("/v2/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
     async def model_metadata(name: str):
         server.check_model_name(name)
-        return {
-            "name": server.name,
-            "versions": ["1"],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
-            "outputs": [
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                {"name": "label", "datatype": "INT64", "shape": [-1]},
-            ],
-        }
+        return server.model_metadata()
 
     @app.get("/v2/models/{name}/ready", summary="Model readiness")
     async def model_ready(name: str):
@@ -205,7 +119,7 @@ def create_app(model_path: str | Path, **settings) -> FastAPI:
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise BadRequest("Inference-Header-Content-Length must be a whole number")
-        body = await server.body(request)
+        body = await read_body(server, request)
         request_id, images, outputs, binary = parse_infer_request(body, int(header_length) if header_length else None)
         probabilities, labels = await server.infer(images)
         content, headers = infer_response(server.name, request_id, probabilities, labels, outputs, binary)
@@ -232,13 +146,31 @@ def create_app(model_path: str | Path, **settings) -> FastAPI:
     return app
 
 
+def check_declared_length(server: ModelServer, request: Request) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > server.max_body_bytes:
+        raise BadRequest(f"body of {declared} bytes is over the limit of {server.max_body_bytes}", status=413)
+
+
+async def read_body(server: ModelServer, request: Request) -> bytes:
+    """The request body, refused with 413 past the server's `max_body_bytes` before it is all read."""
+    check_declared_length(server, request)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > server.max_body_bytes:
+            raise BadRequest(f"body is over the limit of {server.max_body_bytes} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def images_from_request(server: ModelServer, request: Request) -> np.ndarray:
     """Images [n, 28, 28, 1] from whichever body /predict was given."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type.startswith("image/"):
-        return image_to_pixels(await server.body(request))[None]
+        return image_to_pixels(await read_body(server, request))[None]
     if content_type == "multipart/form-data":
-        server.check_declared_length(request)
+        check_declared_length(server, request)
         try:
             form = await request.form(max_files=1, max_fields=10, max_part_size=server.max_body_bytes)
         except Exception as error:  # the multipart parser's own errors: a malformed form
@@ -247,7 +179,7 @@ async def images_from_request(server: ModelServer, request: Request) -> np.ndarr
         if upload is None or isinstance(upload, str):
             raise BadRequest("the multipart form needs a file field named 'file'")
         return image_to_pixels(await upload.read())[None]
-    body = await server.body(request)
+    body = await read_body(server, request)
     if content_type == "application/json":
         try:
             document = orjson.loads(body)
@@ -371,23 +303,14 @@ class MetricsAndAccessLog:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.server.requests.labels(route, str(status[0])).inc()
-            self.server.latency.labels(route).observe(seconds)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    json.dumps(
-                        {
-                            "time": round(time.time(), 3),
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status[0],
-                            "ms": round(seconds * 1000, 2),
-                            "client": scope["client"][0] if scope.get("client") else None,
-                        }
-                    )
-                )
+            self.server.record(
+                scope["method"],
+                scope["path"],
+                getattr(scope.get("route"), "path", "unmatched"),
+                status[0],
+                time.perf_counter() - started,
+                scope["client"][0] if scope.get("client") else None,
+            )
 
 
 def configure_logging(access_log_enabled: bool = True) -> None:

@@ -66,7 +66,17 @@ def parse_infer_request(
     tensor = request["inputs"][0]
     if not isinstance(tensor, dict):
         raise BadRequest("inputs[0] must be an object with name, shape, datatype and data")
-    images = _tensor_values(tensor, binary)
+    name, binary_size = tensor.get("name"), (tensor.get("parameters") or {}).get("binary_data_size")
+    if binary_size is not None and (not isinstance(binary_size, int) or len(binary) < binary_size):
+        raise BadRequest(f"input {name!r}: binary_data_size {binary_size} does not fit the binary data")
+    images = input_images(
+        name,
+        tensor.get("shape"),
+        tensor.get("datatype"),
+        data=tensor.get("data"),
+        raw=None if binary_size is None else binary[:binary_size],
+        raw_field="binary_data_size",
+    )
     outputs = request.get("outputs") or []
     if not isinstance(outputs, list) or not all(isinstance(output, dict) and "name" in output for output in outputs):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
@@ -79,8 +89,12 @@ def parse_infer_request(
     return request_id, images, [output["name"] for output in outputs], binary_reply
 
 
-def _tensor_values(tensor, binary):
-    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+def input_images(name, shape, datatype, data=None, raw=None, raw_field="raw data") -> np.ndarray:
+    """The model's input tensor, as either transport gives it, checked and shaped [n, 28, 28, 1] float32.
+
+    `data`: the values as numbers (JSON's 'data', gRPC's typed contents); `raw`: the flat little-endian bytes
+    (the binary extension, gRPC's raw_input_contents), named `raw_field` in errors.
+    """
     if name != INPUT_NAME:
         raise BadRequest(f"unknown input {name!r}: the model's input is {INPUT_NAME!r}")
     if datatype not in DATATYPES:
@@ -90,18 +104,17 @@ def _tensor_values(tensor, binary):
     if shape[1:] not in ([28, 28, 1], [784], [28, 28]):
         raise BadRequest(f"input {name!r}: shape {shape} is not [N, 28, 28, 1] or [N, 784]")
     dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
-    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
     expected = math.prod(shape)
-    if binary_size is not None:
-        if binary_size != expected * dtype.itemsize or len(binary) < binary_size:
+    if raw is not None:
+        if len(raw) != expected * dtype.itemsize:
             raise BadRequest(
-                f"input {name!r}: binary_data_size {binary_size} does not match shape {shape} of {datatype}"
+                f"input {name!r}: {raw_field} {len(raw)} does not match shape {shape} of {datatype} "
+                f"({expected * dtype.itemsize} bytes)"
             )
-        values = np.frombuffer(binary[:binary_size], dtype=dtype)
+        values = np.frombuffer(raw, dtype=dtype)
+    elif not isinstance(data, list | np.ndarray):
+        raise BadRequest(f"input {name!r}: 'data' must be a list of numbers")
     else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise BadRequest(f"input {name!r}: 'data' must be a list of numbers")
         try:
             values = np.array(data, dtype=np.float64)
         except (ValueError, TypeError, OverflowError):
@@ -113,6 +126,20 @@ def _tensor_values(tensor, binary):
     return pixels_from_array(values, f"input {name!r}")
 
 
+def output_tensors(
+    probabilities: np.ndarray, labels: np.ndarray, output_names: tuple[str, ...] | list[str] = ()
+) -> list[tuple[str, np.ndarray, str]]:
+    """(name, little-endian values, V2 datatype) of each requested output, in the order asked (none: all)."""
+    tensors = {
+        "probabilities": (probabilities.astype("<f4"), "FP32"),
+        "label": (labels.astype("<i8"), "INT64"),
+    }
+    unknown = [name for name in output_names if name not in tensors]
+    if unknown:
+        raise BadRequest(f"unknown output {unknown[0]!r}: the model's outputs are probabilities and label")
+    return [(name, *tensors[name]) for name in output_names or tensors]
+
+
 def infer_response(
     model_name: str,
     request_id: str | None,
@@ -122,16 +149,8 @@ def infer_response(
     binary: bool = False,
 ) -> tuple[bytes, dict[str, str]]:
     """A V2 response (body bytes, extra headers): JSON, or JSON header plus raw tensors when `binary`."""
-    tensors = {
-        "probabilities": (probabilities.astype("<f4"), "FP32"),
-        "label": (labels.astype("<i8"), "INT64"),
-    }
-    unknown = [name for name in output_names if name not in tensors]
-    if unknown:
-        raise BadRequest(f"unknown output {unknown[0]!r}: the model's outputs are probabilities and label")
     outputs, chunks = [], []
-    for name in output_names or tensors:
-        values, datatype = tensors[name]
+    for name, values, datatype in output_tensors(probabilities, labels, output_names):
         output = {"name": name, "shape": list(values.shape), "datatype": datatype}
         if binary:
             chunk = values.tobytes()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SERVE_IMAGE, docker, docker_build, run_module
-from tests.serving.test_main import free_port
+from tests.serving.conftest import free_port
 
 
 def test_pipeline_in_docker_gives_the_local_run_outputs(train_image, serve_image, tmp_path, fixture_data):

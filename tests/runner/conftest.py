@@ -21,7 +21,7 @@ def uninterrupted_run(tmp_path_factory, fixture_data):
 def kfp_api():
     """Start a stand-in of the KFP REST API (tests/kfp_api_stand_in.py): `start(**settings)` gives it and its URL."""
     from tests.kfp_api_stand_in import StandInKfpApi
-    from tests.serving.test_main import free_port
+    from tests.serving.conftest import free_port
 
     def start(**settings):
         api = StandInKfpApi(**settings)

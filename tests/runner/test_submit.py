@@ -70,7 +70,7 @@ def test_submit_reports_an_api_error_as_one_line(kfp_api):
 
 
 def test_submit_to_nowhere_says_so():
-    from tests.serving.test_main import free_port
+    from tests.serving.conftest import free_port
 
     host = f"http://127.0.0.1:{free_port()}"
     result = run_module(

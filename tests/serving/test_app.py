@@ -303,7 +303,8 @@ def test_not_ready_until_the_model_is_loaded(tmp_path):
 def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_model, caplog):
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app, model_file
+    from serving.app import create_app
+    from serving.model_server import model_file
 
     named, single, crowded = (tmp_path / name for name in ("named", "single", "crowded"))
     for folder, files in (
@@ -318,7 +319,9 @@ def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_
     assert model_file(single) == single / "onnx_model"  # as KServe's storage initializer leaves a KFP artifact
     assert model_file(served_model) == served_model
     with pytest.raises(
-        InputError, match=r"crowded: a model folder needs model.onnx or exactly one file \(found a.onnx, b.onnx\)"
+        InputError,
+        match=r"crowded: a model folder needs model.onnx, one model's NAME/VERSION/model.onnx, or exactly one file "
+        r"\(found a.onnx, b.onnx\)",
     ):
         model_file(crowded)
     with TestClient(create_app(single)) as client:
@@ -329,5 +332,5 @@ def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_
         while "model_load_failed" not in caplog.text:
             assert time.monotonic() < deadline, "no model_load_failed event logged"
             time.sleep(0.01)
-        assert "a model folder needs model.onnx or exactly one file" in caplog.text
+        assert "a model folder needs model.onnx" in caplog.text
         assert client.get("/v2/health/ready").json() == {"ready": False}

@@ -3,7 +3,6 @@
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,54 +13,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-
-
-def free_port():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        return listener.getsockname()[1]
-
-
-@pytest.fixture
-def server(served_model, tmp_path, request):
-    """The server on a free port, once ready; extra flags by indirect parametrization."""
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+")  # a file, not a pipe: a full pipe would stall the server
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--model",
-            str(served_model),
-            "--port",
-            str(port),
-            "--max-images",
-            "2048",
-            *getattr(request, "param", []),
-        ],
-        cwd=ROOT,
-        stderr=log,
-        text=True,
-    )
-    process.log = tmp_path / "server.log"
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError(f"server did not start: {process.log.read_text()}")
-        time.sleep(0.05)
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
 
 
 def test_the_server_never_imports_tensorflow():

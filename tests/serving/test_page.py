@@ -5,8 +5,6 @@ import shutil
 
 import pytest
 
-from tests.serving.test_main import server  # noqa: F401  (the real server, on a free port)
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
