@@ -2,11 +2,16 @@
 
     python -m components.deploy --name digits --storage-uri s3://bucket/path/onnx_model \
         --image ghcr.io/me/digit-recognizer-serve:v1 [--namespace NS] [--canary-traffic-percent 10]
+    python -m components.deploy --name digits --storage-uri s3://bucket/runs/7/triton --image ''
 
-The predictor is our serve image speaking the V2 protocol on port 8080. KServe's storage
-initializer copies the storage URI into /mnt/models, which the server reads (a folder: its
-model.onnx or its only file). The first deploy creates the service with all its settings
-(`inference_service`); a later one changes only what a new model changes (image, storage URI,
+The predictor is our serve image speaking the V2 protocol on port 8080 (HTTP) and 8081 (gRPC). KServe's
+storage initializer copies the storage URI into /mnt/models, which the server reads (a folder: its
+model.onnx, a Triton repository's model, or its only file). With an empty image the predictor is KServe's
+stock runtime for ONNX instead (`modelFormat: onnx`, `protocolVersion: v2`: Triton), and the storage URI
+names a Triton model repository (export's `triton_repository`, a run folder's `triton/`).
+
+The first deploy creates the service with all its settings (`inference_service`, or
+`stock_runtime_inference_service`); a later one changes only what a new model changes (image, storage URI,
 canary traffic) with a JSON merge patch, so the first deploy's settings and any made since
 (replicas, resources, labels, environment) survive. Kubernetes access: the pod's service account
 in a cluster, the kubeconfig outside (KUBECONFIG, ~/.kube/config). The account needs get, create
@@ -119,13 +124,60 @@ def inference_service(
     }
 
 
+def stock_runtime_inference_service(
+    name, storage_uri, namespace="default", min_replicas=1, max_replicas=3, service_account=None, cpu="1", memory="2Gi"
+):
+    """The InferenceService served by KServe's stock runtime for ONNX models (Triton, kserve-tritonserver), none
+    of our image: `storage_uri` names a Triton model repository (components/triton_repository.py), which Triton
+    serves under the model's folder name (digit-recognizer) on the V2 protocol, HTTP 8080 and gRPC 9000.
+
+    KServe's runtime asks 2Gi (Triton itself is larger than our server).
+    """
+    predictor = {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "model": {
+            "modelFormat": {"name": "onnx"},
+            "protocolVersion": "v2",
+            "storageUri": storage_uri,
+            "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+        },
+    }
+    if service_account:
+        predictor["serviceAccountName"] = service_account
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "digit-recognizer", "app.kubernetes.io/component": "server"},
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
 def update_patch(existing, storage_uri, image, canary_traffic_percent):
     """The merge patch of an update: what a new model changes, everything else as it stands.
 
     A merge patch replaces lists whole, so the containers go back as they are, changed only in
-    our container's image and STORAGE_URI. The resourceVersion makes the server refuse the
-    patch if someone changed the service in between.
+    our container's image and STORAGE_URI (or, served by KServe's stock runtime, the model's storage URI).
+    The resourceVersion makes the server refuse the patch if someone changed the service in between.
     """
+    # 100% is no canary: the new model takes all traffic (and an earlier canary is promoted).
+    canary = canary_traffic_percent if canary_traffic_percent < 100 else None
+    model = existing["spec"]["predictor"].get("model")
+    if bool(model) != (not image):
+        served_by = "KServe's stock runtime" if model else "a container"
+        raise DeployError(
+            f"{KIND} {existing['metadata']['namespace']}/{existing['metadata']['name']} is served by {served_by}; "
+            f"deploy it {'without' if model else 'with'} an image, or under another name"
+        )
+    if model:
+        return {
+            "metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
+            "spec": {"predictor": {"model": {"storageUri": storage_uri}, "canaryTrafficPercent": canary}},
+        }
     containers = json.loads(json.dumps(existing["spec"]["predictor"].get("containers", [])))
     ours = next((container for container in containers if container.get("name") == CONTAINER), None)
     if ours is None:
@@ -136,8 +188,6 @@ def update_patch(existing, storage_uri, image, canary_traffic_percent):
     ours["image"] = image
     env = [variable for variable in ours.get("env", []) if variable.get("name") != STORAGE_URI_ENV]
     ours["env"] = [{"name": STORAGE_URI_ENV, "value": storage_uri}, *env]
-    # 100% is no canary: the new model takes all traffic (and an earlier canary is promoted).
-    canary = canary_traffic_percent if canary_traffic_percent < 100 else None
     return {
         "metadata": {"resourceVersion": existing["metadata"]["resourceVersion"]},
         "spec": {"predictor": {"containers": containers, "canaryTrafficPercent": canary}},
@@ -205,7 +255,7 @@ def deploy(
         name: the InferenceService's name
         storage_uri: where the model is (s3://, gs://, pvc://, https://; KFP's minio:// is read as s3://)
         namespace: namespace (default: the pod's own in a cluster, else the kubeconfig context's)
-        image: the serve image
+        image: the serve image; empty: KServe's stock ONNX runtime (Triton), storage_uri naming a Triton repository
         canary_traffic_percent: on an update, the new model's share of traffic (100: no canary)
         min_replicas: on creation: the fewest replicas
         max_replicas: on creation: the most replicas
@@ -236,17 +286,11 @@ def deploy(
             try:
                 if existing is None:
                     attempt.verb = "create"
-                    body = inference_service(
-                        name,
-                        storage_uri,
-                        image,
-                        namespace,
-                        min_replicas,
-                        max_replicas,
-                        service_account or None,
-                        cpu,
-                        memory,
-                    )
+                    settings = (min_replicas, max_replicas, service_account or None, cpu, memory)
+                    if image:
+                        body = inference_service(name, storage_uri, image, namespace, *settings)
+                    else:
+                        body = stock_runtime_inference_service(name, storage_uri, namespace, *settings)
                     applied = api.create_namespaced_custom_object(body=body, field_manager=FIELD_MANAGER, **where)
                 else:
                     attempt.verb = "patch"
@@ -261,9 +305,11 @@ def deploy(
                     raise
         attempt.verb = "get"
         # A changed pod means a new predictor revision: until KServe reports one, its Ready is the old model's.
-        changed_pod = (
-            existing is not None
-            and patch["spec"]["predictor"]["containers"] != existing["spec"]["predictor"]["containers"]
+        predictor = existing["spec"]["predictor"] if existing else {}
+        changed_pod = existing is not None and (
+            patch["spec"]["predictor"].get("containers", predictor.get("containers")) != predictor.get("containers")
+            or patch["spec"]["predictor"].get("model", {}).get("storageUri")
+            not in (None, predictor.get("model", {}).get("storageUri"))
         )
         status = wait_until_ready(
             api, where, name, latest_revision(existing) if changed_pod else None, timeout, poll_seconds

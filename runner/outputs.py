@@ -23,11 +23,14 @@ GATED_RUN_FILES = {
     ("report", "report"): "report.html",
     ("report", "test_samples"): "test_samples.png",
 }
+# The folder holding Triton's model repository of model.onnx (components/triton_repository.py).
+TRITON_REPOSITORY = "triton"
 # What each file of a run folder is, as the end of a run lists them.
 RUN_FILE_WHAT = {
     "submission.csv": "Kaggle's submission (make kaggle-submit sends it)",
     "model.onnx": "the exported model, for serving",
     "model.int8.onnx": "the same, quantized to int8",
+    TRITON_REPOSITORY: "the same as Triton's model repository (KServe's stock ONNX runtime serves it)",
     ".keras": "a trained Keras model (one per member of the ensemble)",
     "history.json": "per-epoch loss, accuracy, learning rate, seconds, images/s",
     "metrics.json": "validation accuracy, loss, per-digit figures, confusion matrix",
@@ -42,8 +45,9 @@ RUN_FILE_WHAT = {
 
 def copy_outputs(pipeline_outputs: dict[str, str], pipeline_root: Path, out: Path) -> None:
     """Copy the run's outputs into `out`: `pipeline_outputs` are the pipeline's (name -> path), the gated ones
-    lie in the newest run of kfp.local's `pipeline_root`."""
+    lie in the newest run of kfp.local's `pipeline_root`; then lay model.onnx out as Triton's model repository."""
     from components.train import MODEL_FILE
+    from components.triton_repository import write_repository
 
     sources = {
         Path(pipeline_outputs[name]): file_name.format(keras=MODEL_FILE.format(member="*"))
@@ -57,6 +61,7 @@ def copy_outputs(pipeline_outputs: dict[str, str], pipeline_root: Path, out: Pat
     for source, file_name in sources.items():
         for path in sorted(source.glob(file_name)) if source.is_dir() else [source]:
             shutil.copyfile(path, out / (path.name if source.is_dir() else file_name))
+    write_repository(out / RUN_FILES["onnx_model"], out / TRITON_REPOSITORY)
 
 
 def listing(out: Path) -> list[str]:

@@ -14,13 +14,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.deploy import inference_service, update_patch
+from components.deploy import inference_service, stock_runtime_inference_service, update_patch
 from serving.app import create_app
-from tests.conftest import ROOT
+from tests.conftest import KSERVE_CRD, ROOT, unavailable
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 NOT_SERVED_BY_1_20 = {("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget")}
+SHARED_K8S = KSERVE_CRD.parent  # KServe v0.20's CRDs and its stock Triton runtime (../shared/k8s/README.md)
+RUNTIME_CRDS = ("kserve-servingruntimes-crd.yaml", "kserve-clusterservingruntimes-crd.yaml")
 
 
 def manifests():
@@ -35,7 +37,20 @@ def manifests():
 
 
 def objects_by_kind():
-    return {document["kind"]: document for _, document in manifests()}
+    """deploy/'s plain manifests by kind (the KServe folders hold alternatives to each other: by path)."""
+    return {document["kind"]: document for path, document in manifests() if path.parent == DEPLOY}
+
+
+def manifest(relative_path):
+    return yaml.safe_load((DEPLOY / relative_path).read_text())
+
+
+def shared_k8s(name):
+    path = SHARED_K8S / name
+    if not path.is_file():
+        unavailable(f"{path} not found (KServe's files: ../shared/k8s/README.md)")
+    with open(path) as file:
+        return next(document for document in yaml.load_all(file, Loader=yaml.CSafeLoader) if document)
 
 
 def strict(schema):
@@ -64,18 +79,28 @@ def strict(schema):
     return schema
 
 
+def crd_validator(crd):
+    """A strict validator of the custom resource of `crd`, at its API version."""
+    (version,) = [version for version in crd["spec"]["versions"] if version.get("storage")]
+    return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+
+
 @pytest.fixture(scope="module")
 def inference_service_schema(kserve_crd):
-    (version,) = [version for version in kserve_crd["spec"]["versions"] if version["name"] == "v1beta1"]
-    return jsonschema.Draft7Validator(strict(version["schema"]["openAPIV3Schema"]))
+    """KServe's kinds by name, each with the strict validator of its CRD's schema."""
+    validators = {"InferenceService": crd_validator(kserve_crd)}
+    for name in RUNTIME_CRDS:
+        crd = shared_k8s(name)
+        validators[crd["spec"]["names"]["kind"]] = crd_validator(crd)
+    return validators
 
 
 def problems(document, inference_service_schema):
     """Every schema violation of `document`, one line each (empty: valid)."""
-    if document["kind"] == "InferenceService":
+    if document["kind"] in inference_service_schema:
         return [
             f"{'.'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in inference_service_schema.iter_errors(document)
+            for error in inference_service_schema[document["kind"]].iter_errors(document)
         ]
     found = []
     for version in KUBERNETES_VERSIONS:
@@ -119,7 +144,16 @@ def step_objects():
         existing,
         update_patch(existing, "s3://bucket/run-2/onnx_model", "registry.example/digit-recognizer-serve:v2", 10),
     )
-    return {"created": created, "with options": options, "updated": patched}
+    stock = stock_runtime_inference_service("digits", "s3://bucket/run-1/triton", "team")
+    existing = {**stock, "metadata": {**stock["metadata"], "resourceVersion": "7"}}
+    stock_updated = merge_patch(existing, update_patch(existing, "s3://bucket/run-2/triton", "", 10))
+    return {
+        "created": created,
+        "with options": options,
+        "updated": patched,
+        "stock runtime": stock,
+        "stock runtime updated": stock_updated,
+    }
 
 
 @pytest.mark.parametrize(
@@ -129,12 +163,17 @@ def test_every_manifest_is_valid_strictly(path, document, inference_service_sche
     assert problems(document, inference_service_schema) == [], path
 
 
-@pytest.mark.parametrize("name", ["created", "with options", "updated"])
+@pytest.mark.parametrize("name", ["created", "with options", "updated", "stock runtime", "stock runtime updated"])
 def test_every_object_the_step_sends_is_valid_strictly(name, inference_service_schema):
     document = step_objects()[name]
     assert problems(document, inference_service_schema) == []
-    if name == "updated":
+    if name.endswith("updated"):
         assert document["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+
+def test_kserves_own_triton_runtime_is_valid_strictly(inference_service_schema):
+    """The validators accept what KServe itself ships."""
+    assert problems(shared_k8s("kserve-tritonserver-runtime.yaml"), inference_service_schema) == []
 
 
 def test_the_strict_checks_catch_an_unknown_field(inference_service_schema):
@@ -151,19 +190,58 @@ def test_the_strict_checks_catch_an_unknown_field(inference_service_schema):
 
 
 def test_the_kustomizations_list_every_manifest():
-    for folder in (DEPLOY, DEPLOY / "kserve"):
+    for folder in (path.parent for path in DEPLOY.rglob("kustomization.yaml")):
         listed = yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
         assert sorted(listed) == sorted(
             path.name for path in folder.glob("*.yaml") if path.name != "kustomization.yaml"
         ), folder
 
 
-def test_the_kserve_manifest_is_what_the_step_creates():
-    manifest = objects_by_kind()["InferenceService"]
-    container = manifest["spec"]["predictor"]["containers"][0]
-    expected = inference_service(manifest["metadata"]["name"], container["env"][0]["value"], container["image"])
+def test_the_kserve_manifests_are_what_the_step_creates():
+    ours = manifest("kserve/inferenceservice.yaml")
+    container = ours["spec"]["predictor"]["containers"][0]
+    expected = inference_service(ours["metadata"]["name"], container["env"][0]["value"], container["image"])
     del expected["metadata"]["namespace"]
-    assert manifest == expected
+    assert ours == expected
+    stock = manifest("kserve-triton/inferenceservice.yaml")
+    expected = stock_runtime_inference_service(
+        stock["metadata"]["name"], stock["spec"]["predictor"]["model"]["storageUri"]
+    )
+    del expected["metadata"]["namespace"]
+    assert stock == expected
+
+
+def selected_runtimes(service, runtimes):
+    """The runtimes KServe would pick for `service`: the one it names, else those that auto-select its model format
+    and serve its protocol (KServe's rule; its controller does not run here)."""
+    model = service["spec"]["predictor"]["model"]
+    return [
+        runtime["metadata"]["name"]
+        for runtime in runtimes
+        if model.get("runtime", runtime["metadata"]["name"]) == runtime["metadata"]["name"]
+        and model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+        and any(
+            supported["name"] == model["modelFormat"]["name"] and (supported.get("autoSelect") or "runtime" in model)
+            for supported in runtime["spec"]["supportedModelFormats"]
+        )
+    ]
+
+
+def test_each_kserve_service_gets_the_runtime_it_is_meant_for(served_model):
+    ours, triton = manifest("kserve-runtime/clusterservingruntime.yaml"), shared_k8s("kserve-tritonserver-runtime.yaml")
+    runtimes = [ours, triton]
+    assert selected_runtimes(manifest("kserve-triton/inferenceservice.yaml"), runtimes) == ["kserve-tritonserver"]
+    assert selected_runtimes(manifest("kserve-runtime/inferenceservice.yaml"), runtimes) == ["digit-recognizer-serve"]
+    assert triton["spec"]["containers"][0]["args"][:2] == ["tritonserver", "--model-store=/mnt/models"]
+    # Ours: both protocols, on the ports its arguments give, probed on routes it has, Prometheus on its /metrics.
+    assert ours["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
+    (container,) = ours["spec"]["containers"]
+    arguments = dict(zip(container["args"][::2], container["args"][1::2]))
+    assert arguments["--model"] == "/mnt/models" and arguments["--grpc-port"] == "8081"
+    assert [port["containerPort"] for port in container["ports"]] == [int(arguments["--port"])]
+    routes = {route.path for route in create_app(served_model).routes}
+    assert {container[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")} <= routes
+    assert ours["spec"]["annotations"]["prometheus.kserve.io/path"] in routes
 
 
 def test_the_deployment_runs_the_server_hardened_with_probes_on_what_it_serves(served_model):
@@ -220,20 +298,48 @@ def test_the_deployment_stops_a_pod_only_once_traffic_has_left_it():
     assert pod["terminationGracePeriodSeconds"] >= int(seconds) + 5 + 30  # then up to 30 s for requests in flight
 
 
-def test_the_api_server_accepts_every_manifest_in_a_dry_run(kserve_api, namespace):
+@pytest.fixture(scope="module")
+def kserve_runtimes_api(kserve_api):
+    """`kserve_api` with KServe's ServingRuntime and ClusterServingRuntime CRDs too, established."""
+    import time
+
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(kserve_api)
+    for name in RUNTIME_CRDS:
+        crd = shared_k8s(name)
+        try:
+            extensions.create_custom_resource_definition(crd)
+        except client.ApiException as error:
+            if error.status != 409:  # 409: installed by an earlier session on the same server
+                raise
+        deadline = time.monotonic() + 30
+        while not any(
+            condition.type == "Established" and condition.status == "True"
+            for condition in extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+        ):
+            assert time.monotonic() < deadline, f"{name} was not established within 30 s"
+            time.sleep(0.1)
+    return kserve_api
+
+
+def test_the_api_server_accepts_every_manifest_in_a_dry_run(kserve_runtimes_api, namespace):
     from kubernetes.dynamic import DynamicClient
     from kubernetes.dynamic.exceptions import ResourceNotFoundError, UnprocessibleEntityError
 
-    dynamic = DynamicClient(kserve_api)
+    dynamic = DynamicClient(kserve_runtimes_api)
     skipped = set()
-    for path, document in manifests() + [(None, step_objects()["created"])]:
+    step_sends = [(None, step_objects()[name]) for name in ("created", "stock runtime")]
+    kserves_own = [(None, shared_k8s("kserve-tritonserver-runtime.yaml"))]
+    for path, document in manifests() + step_sends + kserves_own:
         try:
             resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
         except ResourceNotFoundError:
             skipped.add((document["apiVersion"], document["kind"]))  # strictly checked offline above
             continue
-        body = {**document, "metadata": {**document["metadata"], "namespace": namespace}}
-        created = resource.create(body=body, namespace=namespace, dry_run="All")
+        where = {"namespace": namespace} if resource.namespaced else {}
+        body = {**document, "metadata": {**document["metadata"], **where}}
+        created = resource.create(body=body, dry_run="All", **where)
         assert created.metadata.name == document["metadata"]["name"], path
     assert skipped == NOT_SERVED_BY_1_20
     # The dry run validates for real: a bad value is refused (1.20 drops an unknown field; the offline check refuses).

@@ -49,10 +49,18 @@ def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, array
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_export_returns_parity_figures(tmp_path, trained_model, arrays):
+def test_export_returns_parity_figures_and_writes_the_triton_repository(tmp_path, trained_model, arrays):
     parity = export(
-        trained_model[0], arrays["train"], arrays["validation"], tmp_path / "model.onnx", tmp_path / "int8.onnx"
+        trained_model[0],
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "model.onnx",
+        tmp_path / "int8.onnx",
+        triton_repository=tmp_path / "triton",
     )
+    # Its config is checked against the model in tests/components/test_triton_repository.py.
+    assert (tmp_path / "triton/digit-recognizer/1/model.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
+    assert (tmp_path / "triton/digit-recognizer/config.pbtxt").is_file()
     assert parity["max_probability_difference"] < 1e-4
     assert parity["label_mismatches"] == 0
     assert parity["parity_images"] == 30

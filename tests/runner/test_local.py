@@ -22,7 +22,7 @@ from components.kaggle_csv import read_csv
 from components.preprocess import as_images
 from components.train import load_models
 from runner.local import run_locally
-from runner.outputs import GATED_RUN_FILES, RUN_FILES
+from runner.outputs import GATED_RUN_FILES, RUN_FILES, TRITON_REPOSITORY
 from tests.conftest import ROOT, run_module
 from tests.runner.conftest import SMALL_RUN, SMALL_RUN_PARAMS
 
@@ -60,8 +60,11 @@ def test_run_end_to_end_through_kfp_local(uninterrupted_run, fixture_data):
             "run.log",
             *(name for name in RUN_FILES.values() if "{" not in name),
             *GATED_RUN_FILES.values(),
+            TRITON_REPOSITORY,
         ]
     )  # the pipeline root (arrays, cache, checkpoints) is gone
+    triton_model = out / TRITON_REPOSITORY / "digit-recognizer" / "1" / "model.onnx"
+    assert triton_model.read_bytes() == (out / "model.onnx").read_bytes()
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
     assert (out / "test_samples.png").read_bytes()[:4] == b"\x89PNG"
     submission = pd.read_csv(out / "submission.csv")
