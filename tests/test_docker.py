@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SERVE_IMAGE, docker, docker_build, run_module
+from tests.conftest import ROOT, SERVE_IMAGE, docker, docker_build, run_module, unavailable
 from tests.serving.conftest import free_port
 
 
@@ -61,7 +61,9 @@ def test_serve_image_has_no_tensorflow_runs_as_non_root_and_is_small(serve_image
     size = int(docker("image", "inspect", SERVE_IMAGE, "--format", "{{.Size}}").stdout)
     base = int(docker("image", "inspect", "python:3.11-slim", "--format", "{{.Size}}").stdout)
     print(f"serve image: {size / 1e6:.0f} MB, of which {(size - base) / 1e6:.0f} MB above python:3.11-slim")
-    assert size - base < 200e6  # onnxruntime, numpy, Pillow and the web stack; the base is not ours to trim
+    # onnxruntime, numpy, Pillow, the web stack and gRPC (grpcio 19 MB, protobuf 2 MB: 207 MB in all with them);
+    # the base is not ours to trim.
+    assert size - base < 225e6
 
 
 @pytest.mark.parametrize("baked", [False, True])
@@ -72,21 +74,24 @@ def test_serve_container_becomes_healthy_and_answers(serve_image, served_model, 
         relative = served_model.relative_to(ROOT)
         docker_build("-f", "Dockerfile.serve", "--build-arg", f"MODEL={relative}", "-t", image)
         volume = []
-    with running(*volume, image) as (url, _):
+    with running(*volume, image) as (url, _, _):
         assert_answers_v2(url)
 
 
 @contextlib.contextmanager
 def running(*arguments):
-    """A serve container started with `docker run -d ARGUMENTS`, once healthy: yields its URL and id."""
-    port = free_port()
-    container = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *arguments).stdout.strip()
+    """A serve container started with `docker run -d ARGUMENTS`, once healthy: yields its URL, id and gRPC address
+    (both ports published on 127.0.0.1)."""
+    port, grpc_port = free_port(), free_port()
+    container = docker(
+        "run", "-d", "-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{grpc_port}:8081", *arguments
+    ).stdout.strip()
     try:
         deadline = time.monotonic() + 60
         while docker("inspect", container, "--format", "{{.State.Health.Status}}").stdout.strip() != "healthy":
             assert time.monotonic() < deadline, docker("logs", container).stderr
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", container
+        yield f"http://127.0.0.1:{port}", container, f"127.0.0.1:{grpc_port}"
     finally:
         docker("rm", "-f", container, check=False)
 
@@ -134,7 +139,7 @@ def test_serve_container_runs_as_the_deployment_runs_it(serve_image, served_mode
         SERVE_IMAGE,
         *container["command"],
         *container["args"],
-    ) as (url, running_container):
+    ) as (url, running_container, _):
         assert_answers_v2(url)
         # An upload past the form parser's 1 MB in memory spills to /tmp, the one writable place.
         upload = httpx.post(f"{url}/predict", files={"file": ("digit.png", digit_png(), "image/png")})
@@ -163,3 +168,36 @@ def digit_png():
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_serve_container_answers_tritons_and_kserves_clients_over_http_and_grpc(serve_image, served_model):
+    """The image as it runs by default: HTTP on 8080, gRPC on 8081, the model mounted; clients we did not write."""
+    import subprocess
+
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    from tests.serving.test_clients import KSERVE_PYTHON
+
+    rows = np.loadtxt(ROOT / "tests/fixtures/digit-recognizer/train.csv", delimiter=",", skiprows=1, max_rows=8)
+    labels, pixels = rows[:, 0].astype(int), rows[:, 1:].astype(np.uint8)
+    with running("-v", f"{served_model.parent}:/models:ro", SERVE_IMAGE) as (url, _, grpc_address):
+        for module, address in ((triton_http, url.removeprefix("http://")), (triton_grpc, grpc_address)):
+            client = module.InferenceServerClient(address)
+            assert client.is_server_ready() and client.is_model_ready("digit-recognizer")
+            tensor = module.InferInput("pixels", [8, 784], "UINT8")
+            tensor.set_data_from_numpy(pixels)
+            assert client.infer("digit-recognizer", [tensor]).as_numpy("label").tolist() == labels.tolist(), module
+            client.close()
+        if not KSERVE_PYTHON.is_file():
+            unavailable(f"{KSERVE_PYTHON} not found: make bench-env installs kserve there")
+        result = subprocess.run(
+            [KSERVE_PYTHON, "tests/serving/kserve_clients.py", url, grpc_address, ",".join(map(str, pixels[0]))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        answers = json.loads(result.stdout)
+        assert answers["rest_label"] == [labels[0]] and answers["grpc_labels"] == [[labels[0]]] * 16

@@ -334,3 +334,18 @@ def test_a_model_folder_serves_its_model_onnx_or_its_only_file(tmp_path, served_
             time.sleep(0.01)
         assert "a model folder needs model.onnx" in caplog.text
         assert client.get("/v2/health/ready").json() == {"ready": False}
+
+
+def test_every_route_and_method_the_server_lacks_answers_a_v2_error(client):
+    """V2 clients read `{"error": ...}` (tritonclient could not read FastAPI's own {"detail": "Not Found"})."""
+    for method, path, status, message in (
+        ("GET", "/nowhere", 404, "no route GET /nowhere"),
+        ("GET", "/v2/models/digit-recognizer/config", 404, "no route GET /v2/models/digit-recognizer/config"),
+        ("POST", "/v2/health/ready", 405, "/v2/health/ready does not take POST (it takes GET"),
+        ("DELETE", "/v2/models/digit-recognizer/infer", 405, "does not take DELETE (it takes POST)"),
+        ("GET", "/v2/models/nope", 404, "unknown model 'nope'"),
+        ("GET", "/v2/models/nope/ready", 404, "unknown model 'nope'"),
+    ):
+        response = client.request(method, path)
+        assert response.status_code == status and list(response.json()) == ["error"], path
+        assert message in response.json()["error"], response.json()
