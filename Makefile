@@ -73,7 +73,8 @@ serve: install
 	@test -f $(MODEL) || { echo "error: $(MODEL) not found: run make run first, or make serve MODEL=path/to/model.onnx"; exit 1; }
 	$(BIN)/python -m serving --model $(MODEL)
 
-# The benchmarks' peer, KServe, lives in its own environment; wrk is Debian's load generator.
+# The benchmarks' peer, KServe, lives in its own environment (the client tests use its clients too); wrk (HTTP) and
+# h2load (gRPC, in nghttp2-client) are Debian's load generators.
 bench-env: .venv-kserve/.installed
 .venv-kserve/.installed:
 	$(PYTHON) -m venv .venv-kserve
@@ -82,6 +83,7 @@ bench-env: .venv-kserve/.installed
 
 bench: install bench-env
 	@command -v wrk >/dev/null || { echo "error: wrk is missing: apt-get install wrk"; exit 1; }
+	@command -v h2load >/dev/null || { echo "error: h2load is missing: apt-get install nghttp2-client"; exit 1; }
 	@test -f runs/latest/model.int8.onnx || { echo "error: runs/latest has no model: run make run first"; exit 1; }
 	$(BIN)/python bench/bench_inference.py
 	$(BIN)/python bench/bench_training.py

@@ -1,12 +1,16 @@
-"""Serving: our server against KServe's Python ModelServer on the same model, one worker each, wrk on loopback.
+"""Serving: our server against KServe's Python ModelServer on the same model, one worker each, over HTTP (wrk) and
+gRPC (h2load), on loopback.
 
     make bench-env   # once: kserve in its own environment, .venv-kserve
     python bench/bench_serving.py [--model runs/latest/model.onnx] [--runs 3] [--seconds 10]
 
-For each server: p50/p99 latency at concurrency 1 and requests/s at concurrency 64 for V2 JSON
-requests of one image; for ours also images/s with 64-image requests as V2 binary tensors and
-as CSV, against bare onnxruntime images/s at batch 64 in this process; cold start to ready;
-resident memory. Medians of `--runs`. Access logs are off on both servers.
+For each server and transport: p50/p99 latency at concurrency 1 and requests/s at concurrency 64 for
+requests of one image (V2 JSON over HTTP; over gRPC a ModelInferRequest with raw_input_contents, FP32 both);
+for ours also images/s with 64-image requests as V2 binary tensors and as CSV, against bare onnxruntime
+images/s at batch 64 in this process; cold start to ready; resident memory. Medians of `--runs`. Access logs
+are off on both servers. h2load (nghttp2's HTTP/2 load generator) sends gRPC's frames as they are on the wire,
+each connection one call at a time, as wrk does; it cannot read gRPC's status, so each server's answer to the
+body is checked first with a real gRPC call, and ours counts its non-OK calls in /metrics, which must stay 0.
 """
 
 import argparse
@@ -21,12 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import orjson
 
 from common.onnx_model import load_session, predict
 from components.kaggle_csv import read_csv
+from serving import grpc_predict_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = """
@@ -47,9 +53,10 @@ def free_port():
 
 
 def start(kind, model):
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     if kind == "ours":
-        command = [sys.executable, "-m", "serving", "--model", str(model), "--port", str(port), "--no-access-log"]
+        command = [sys.executable, "-m", "serving", "--model", str(model), "--no-access-log"]
+        command += ["--port", str(port), "--grpc-port", str(grpc_port)]
     else:
         command = [
             str(ROOT / ".venv-kserve/bin/python"),
@@ -59,9 +66,9 @@ def start(kind, model):
             "--http_port",
             str(port),
             "--grpc_port",
-            str(free_port()),
+            str(grpc_port),
             "--enable_grpc",
-            "false",
+            "true",
             "--workers",
             "1",
             "--enable_latency_logging",
@@ -84,7 +91,7 @@ def start(kind, model):
         if process.poll() is not None or time.perf_counter() - started > 60:
             raise RuntimeError(f"{kind} server did not start")
         time.sleep(0.01)
-    return process, url, time.perf_counter() - started
+    return process, url, f"127.0.0.1:{grpc_port}", time.perf_counter() - started
 
 
 def resident_mb(pid):
@@ -124,6 +131,50 @@ def wrk(url, body, content_type, connections, seconds, header_length=""):
     }
 
 
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_infer_once(address, request):
+    """One ModelInfer call with the benchmark's bytes, through grpcio: the labels the server answers."""
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(GRPC_INFER, request_serializer=None, response_deserializer=None)
+        response = pb.ModelInferResponse.FromString(call(request, timeout=30))
+    return np.frombuffer(response.raw_output_contents[1], "<i8").tolist()
+
+
+def h2load(address, request, connections, seconds):
+    """gRPC calls of `request` (a serialized ModelInferRequest) from h2load: requests/s and p50/p99 latency."""
+    frame = b"\0" + len(request).to_bytes(4, "big") + request  # gRPC's message framing: uncompressed, length
+    with tempfile.TemporaryDirectory() as folder:
+        body, log = Path(folder) / "body", Path(folder) / "log"
+        body.write_bytes(frame)
+        output = subprocess.run(
+            ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds}", "--warm-up-time=1", f"--log-file={log}"]
+            + ["-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body)]
+            + [f"http://{address}{GRPC_INFER}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        microseconds = np.array([int(line.split("\t")[2]) for line in log.read_text().splitlines() if line])
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
+    if not done or done.group(1) != done.group(2) or done.group(3) != "0":
+        raise RuntimeError(f"h2load saw failed requests:\n{output}")
+    return {
+        "requests_per_second": float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output).group(1)),
+        "p50_ms": float(np.percentile(microseconds, 50)) / 1000,
+        "p99_ms": float(np.percentile(microseconds, 99)) / 1000,
+    }
+
+
+def grpc_failures(url):
+    """Our server's ModelInfer calls that failed, from its /metrics (CANCELLED: those in flight when h2load's time
+    was up, which it resets)."""
+    metrics = httpx.get(f"{url}/metrics").text
+    found = re.findall(r'requests_total\{route="' + GRPC_INFER + r'",status="(\w+)"\} ([\d.e+]+)', metrics)
+    return sum(float(count) for status, count in found if status not in ("OK", "CANCELLED"))
+
+
 def _milliseconds(text):
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
     return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -152,7 +203,12 @@ def bodies(pixels):
         }
     )
     csv = "\n".join(",".join(map(str, row)) for row in batch).encode()
-    return one, (header + batch.tobytes(), len(header)), csv
+    grpc_one = pb.ModelInferRequest(
+        model_name="digit-recognizer",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="pixels", datatype="FP32", shape=[1, 784])],
+        raw_input_contents=[pixels[0].astype("<f4").tobytes()],
+    ).SerializeToString()
+    return one, (header + batch.tobytes(), len(header)), csv, grpc_one
 
 
 def bare_images_per_second(model, pixels, seconds=5):
@@ -175,7 +231,7 @@ def main(argv=None):
     parser.add_argument("--results", default="bench/results/serving.json")
     args = parser.parse_args(argv)
     _, pixels = read_csv(args.test_csv, labelled=False)
-    one, (binary, header_length), csv = bodies(pixels)
+    one, (binary, header_length), csv, grpc_one = bodies(pixels)
     samples = {}
 
     def record(name, value):
@@ -187,9 +243,20 @@ def main(argv=None):
         bare = bare_images_per_second(args.model, pixels)
         record("bare onnxruntime images/s (batch 64)", bare)
         for kind in ("ours", "kserve"):
-            process, url, cold_start = start(kind, args.model)
+            process, url, grpc_address, cold_start = start(kind, args.model)
             try:
                 record(f"{kind} cold start to ready (s)", cold_start)
+                expected = grpc_infer_once(grpc_address, grpc_one)
+                h2load(grpc_address, grpc_one, 8, 2)  # warm-up
+                single = h2load(grpc_address, grpc_one, 1, args.seconds)
+                record(f"{kind} gRPC c=1 p50 (ms)", single["p50_ms"])
+                record(f"{kind} gRPC c=1 p99 (ms)", single["p99_ms"])
+                record(
+                    f"{kind} gRPC c=64 requests/s",
+                    h2load(grpc_address, grpc_one, 64, args.seconds)["requests_per_second"],
+                )
+                if grpc_infer_once(grpc_address, grpc_one) != expected or (kind == "ours" and grpc_failures(url)):
+                    raise RuntimeError(f"{kind}: gRPC calls failed under load")
                 infer = f"{url}/v2/models/digit-recognizer/infer"
                 wrk(infer, one, "application/json", 8, 2)  # warm-up
                 single = wrk(infer, one, "application/json", 1, args.seconds)
@@ -214,6 +281,11 @@ def main(argv=None):
         "c=64 requests/s, ours / kserve": medians["ours V2 JSON c=64 requests/s"]
         / medians["kserve V2 JSON c=64 requests/s"],
         "c=1 p99, ours / kserve": medians["ours V2 JSON c=1 p99 (ms)"] / medians["kserve V2 JSON c=1 p99 (ms)"],
+        "gRPC c=64 requests/s, ours / kserve": medians["ours gRPC c=64 requests/s"]
+        / medians["kserve gRPC c=64 requests/s"],
+        "gRPC c=1 p99, ours / kserve": medians["ours gRPC c=1 p99 (ms)"] / medians["kserve gRPC c=1 p99 (ms)"],
+        "c=64 requests/s, ours gRPC / ours HTTP JSON": medians["ours gRPC c=64 requests/s"]
+        / medians["ours V2 JSON c=64 requests/s"],
         "binary images/s / bare onnxruntime": medians["ours V2 binary 64 images/request images/s"]
         / medians["bare onnxruntime images/s (batch 64)"],
         "CSV images/s / bare onnxruntime": medians["ours CSV 64 rows/request images/s"]
