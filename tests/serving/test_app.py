@@ -349,3 +349,14 @@ def test_every_route_and_method_the_server_lacks_answers_a_v2_error(client):
         response = client.request(method, path)
         assert response.status_code == status and list(response.json()) == ["error"], path
         assert message in response.json()["error"], response.json()
+
+
+def test_a_triton_model_repository_serves_its_models_highest_version(tmp_path, served_model):
+    """KServe copies a run's triton/ into /mnt/models: our runtime serves it as Triton does."""
+    from components.triton_repository import write_repository
+    from serving.model_server import model_file
+
+    folder = write_repository(served_model, tmp_path)
+    (folder / "2").mkdir()
+    shutil.copyfile(served_model, folder / "2" / "model.onnx")
+    assert model_file(tmp_path) == folder / "2" / "model.onnx"
