@@ -114,8 +114,10 @@ def create_app(model_path: str | Path, grpc_address: str | None = None, **settin
         return JSONResponse({"name": server.name, "ready": server.ready}, status_code=200 if server.ready else 400)
 
     @app.post("/v2/models/{name}/infer", summary="V2 inference (JSON tensors or the binary tensor extension)")
-    async def infer(name: str, request: Request):
-        server.check_model_name(name)
+    async def infer(request: Request):
+        # The name read off the path, not a declared parameter: FastAPI then validates nothing per request
+        # (server CPU per request 0.95-1.23 ms, against 1.26-1.51 ms, in three alternating wrk runs beside a training).
+        server.check_model_name(request.path_params["name"])
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise BadRequest("Inference-Header-Content-Length must be a whole number")
