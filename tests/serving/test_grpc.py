@@ -259,14 +259,20 @@ def test_the_health_service_answers_kubernetes_probes(server):
 
 @pytest.mark.parametrize("server", [["--drain-seconds", "2"]], indirect=True)
 def test_sigterm_drains_grpc_and_loses_no_call(server, labelled):
-    """While draining, health says NOT_SERVING and every call is answered; a call in flight when the server
-    stops accepting still gets its answer; then the server exits."""
+    """While draining, health says NOT_SERVING (Check, and Watch at once) and every call is answered; a call in
+    flight when the server stops accepting still gets its answer; then the server exits."""
     _, process = server
     labels, pixels = labelled
     client = triton_grpc.InferenceServerClient(process.grpc_address)
     big = pixels_input(np.repeat(pixels[:1], 2048, axis=0))
+    channel = grpc.insecure_channel(process.grpc_address)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # Watch tells of the change
+    watch.cancel()
+    channel.close()
     while health(process.grpc_address).status == health_pb2.HealthCheckResponse.SERVING:
         assert time.monotonic() - signalled < 1, "health did not turn NOT_SERVING"
     assert not client.is_server_ready() and client.is_server_live()
