@@ -48,6 +48,7 @@ def create_app(model_path: str | Path, grpc_address: str | None = None, **settin
         loading = asyncio.create_task(load_in_background())
         yield
         loading.cancel()
+        server.stopping = True
         if grpc_server:  # uvicorn has finished its requests; gRPC calls in flight finish too (up to 30 s)
             await grpc_server.stop(GRACE_SECONDS)
         await server.batcher.stop()

@@ -160,13 +160,13 @@ class HealthService(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
 
     async def Watch(self, request, context):
-        """The status now, then each change (checked every 0.2 s) until the client hangs up."""
+        """The status now, then each change (checked every 0.2 s) until the client hangs up or the server stops."""
         try:
             status = self.status(request)
         except BadRequest:
             status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
         yield health_pb2.HealthCheckResponse(status=status)
-        while status != health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+        while status != health_pb2.HealthCheckResponse.SERVICE_UNKNOWN and not self.server.stopping:
             await asyncio.sleep(0.2)
             if self.status(request) != status:
                 status = self.status(request)

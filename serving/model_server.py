@@ -27,6 +27,8 @@ class ModelServer:
 
     `draining` (set on SIGTERM by serving.__main__): the server still answers every request, but
     reports not ready (and HTTP closes each connection after its answer), so load balancers move away.
+    `stopping` (set by serving.app as the servers stop): gRPC's health Watch streams end, so that stopping
+    waits for calls in flight only.
     """
 
     def __init__(
@@ -42,7 +44,7 @@ class ModelServer:
         self.model_path, self.name, self.threads = Path(model_path), name, threads
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self.max_images, self.max_body_bytes = max_images, max_body_bytes
-        self.session, self.batcher, self.ready, self.draining = None, None, False, False
+        self.session, self.batcher, self.ready, self.draining, self.stopping = None, None, False, False, False
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "requests",

@@ -271,8 +271,6 @@ def test_sigterm_drains_grpc_and_loses_no_call(server, labelled):
     process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # Watch tells of the change
-    watch.cancel()
-    channel.close()
     while health(process.grpc_address).status == health_pb2.HealthCheckResponse.SERVING:
         assert time.monotonic() - signalled < 1, "health did not turn NOT_SERVING"
     assert not client.is_server_ready() and client.is_server_live()
@@ -297,4 +295,6 @@ def test_sigterm_drains_grpc_and_loses_no_call(server, labelled):
     assert all(error.status() == "StatusCode.UNAVAILABLE" for error in errors), [str(e) for e in errors]
     assert process.wait(30) in (0, -signal.SIGTERM)
     assert time.monotonic() - signalled > 1.5
+    assert list(watch) == []  # the open Watch stream ended as the server stopped, and did not hold it up
+    channel.close()
     client.close()
