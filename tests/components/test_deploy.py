@@ -64,8 +64,10 @@ class KServeController(threading.Thread):
             if service["metadata"]["generation"] == reconciled:
                 continue
             revision = int((latest_revision(service) or "0").rsplit("-", 1)[-1])
-            if service["spec"]["predictor"]["containers"] != pod:
-                revision, pod = revision + 1, service["spec"]["predictor"]["containers"]
+            predictor = service["spec"]["predictor"]
+            served = predictor.get("containers", predictor.get("model"))  # ours, or KServe's stock runtime's model
+            if served != pod:
+                revision, pod = revision + 1, served
             self.api.patch_namespaced_custom_object_status(
                 name=self.name, body={"status": self.status(revision)}, **self.where
             )
@@ -199,6 +201,36 @@ def test_first_deploy_creates_a_later_one_updates_keeping_the_first_settings(kse
             api_client=kserve_api,
         )
         assert "canaryTrafficPercent" not in read(kserve_api, namespace, "digits")["spec"]["predictor"]
+
+
+def test_without_an_image_kserves_stock_onnx_runtime_serves_a_triton_repository(kserve_api, namespace):
+    repository_v1, repository_v2 = "s3://models/run-1/triton", "s3://models/run-2/triton"
+    with KServeController(kserve_api, namespace, "digits"):
+        first = deploy(
+            "digits", repository_v1, namespace, image="", timeout=20, poll_seconds=0.05, api_client=kserve_api
+        )
+        assert first["action"] == "created"
+        predictor = read(kserve_api, namespace, "digits")["spec"]["predictor"]
+        assert "containers" not in predictor
+        assert predictor["model"]["modelFormat"] == {"name": "onnx"} and predictor["model"]["protocolVersion"] == "v2"
+        assert predictor["model"]["storageUri"] == repository_v1
+        second = deploy(
+            "digits",
+            repository_v2,
+            namespace,
+            image="",
+            canary_traffic_percent=20,
+            timeout=20,
+            poll_seconds=0.05,
+            api_client=kserve_api,
+        )
+        updated = read(kserve_api, namespace, "digits")
+        assert second["action"] == "updated" and updated["spec"]["predictor"]["model"]["storageUri"] == repository_v2
+        assert updated["spec"]["predictor"]["canaryTrafficPercent"] == 20
+        assert updated["spec"]["predictor"]["model"]["resources"] == predictor["model"]["resources"]
+        assert latest_revision(updated) == "digits-predictor-00002"  # the new model's, waited for
+        with pytest.raises(DeployError, match="is served by KServe's stock runtime; deploy it without an image"):
+            deploy("digits", repository_v2, namespace, image="ours:v1", timeout=1, api_client=kserve_api)
 
 
 def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve_api, namespace, monkeypatch):
