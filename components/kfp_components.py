@@ -79,19 +79,21 @@ def train_component(
     patience: int,
     seed: int,
     ensemble_size: int,
+    member_splits: bool,
     train_on_validation: bool,
     ema_momentum: float,
     pseudo_labels: bool,
     pseudo_label_confidence: float,
     mixed_precision: str,
     float32_epochs: int,
+    keep_epoch: str,
     checkpoint_dir: str,
     checkpoint_subfolder: str,
     model: Output[Model],
     history: Output[Artifact],
     training_curves: Output[Artifact],
 ):
-    """Fit the CNNs with augmentation on every GPU given, keep each one's best validation epoch, write the history.
+    """Fit the CNNs with augmentation on every GPU given, keep each one's best or last epoch, write the history.
 
     With `checkpoint_dir` (a local run's folder, or the volume a cluster mounts there, where each run has its
     `checkpoint_subfolder`), every epoch is saved, and a retried step goes on from the last one.

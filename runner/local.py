@@ -7,6 +7,7 @@ run's containers: nothing else, and it leaves the caller's state (output, loggin
 as it found it.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -205,13 +206,30 @@ def csvs_in(pipeline_root: Path, data: Path) -> Path:
     return mounted
 
 
+@contextlib.contextmanager
+def stderr_silenced():
+    """Standard error (file descriptor 2, which C++ libraries write to) goes nowhere inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def training_device(docker_image: str | None, gpus: str | None) -> str:
     """Which device the train step will use, as the run's first lines say it."""
     if docker_image:
         return f"training in {docker_image} on " + (f"GPUs ({gpus}, docker --gpus)" if gpus else "the CPU (no --gpus)")
-    import tensorflow as tf
+    # TensorFlow's C++ start-up lines (oneDNN's note, absl's warning) would open the console; the steps' own are
+    # in run.log.
+    with stderr_silenced():
+        import tensorflow as tf
 
-    gpus_found = tf.config.list_physical_devices("GPU")
+        gpus_found = tf.config.list_physical_devices("GPU")
     if gpus_found:
         return f"training on {len(gpus_found)} GPU(s) ({', '.join(gpu.name for gpu in gpus_found)})"
     if record.installed_version("tensorflow-cpu"):

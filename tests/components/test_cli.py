@@ -33,7 +33,12 @@ STEPS = {
     "components.deploy": ("deploy", [], {}),
 }
 NOT_OPTIONS = {"components.deploy": {"api_client"}}  # a test's stand-in, never given on the command line
-OTHER_CHOICES = {"network": "deotte", "learning_rate_schedule": "constant", "mixed_precision": "off"}
+OTHER_CHOICES = {
+    "network": "deotte",
+    "learning_rate_schedule": "constant",
+    "mixed_precision": "off",
+    "keep_epoch": "last",
+}
 
 
 class Called(Exception):

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from components.artifacts import load_arrays
-from components.train import cpu_computes_bfloat16, load_models, precision_policy, train
+from components.train import (
+    cpu_computes_bfloat16,
+    cpu_trains_faster_in_bfloat16,
+    load_models,
+    precision_policy,
+    train,
+)
 from tests.conftest import ROOT, run_module
 
 
@@ -111,6 +117,61 @@ def test_pseudo_labels_add_confident_test_images_and_train_again(tmp_path, array
     assert "0 of 60 test images at confidence >= 1.0; keeping the first models" in capsys.readouterr().out
 
 
+def test_keep_epoch_last_runs_every_epoch_and_keeps_the_last_under_the_exponential_schedule(tmp_path, arrays):
+    history = train(
+        arrays["train"],
+        arrays["validation"],
+        tmp_path / "m",
+        tmp_path / "h.json",
+        epochs=3,
+        batch_size=30,
+        patience=1,
+        learning_rate=0.001,
+        learning_rate_schedule="exponential",
+        keep_epoch="last",
+        mixed_precision="off",
+    )
+    (member,) = history["members"]
+    assert len(member["loss"]) == 3  # patience 1 stops nothing
+    # Deotte's decay: x0.95 after each epoch (the rate logged at an epoch's end is the next epoch's).
+    np.testing.assert_allclose(member["learning_rate"], [0.001 * 0.95, 0.001 * 0.95**2, 0.001 * 0.95**3], rtol=1e-6)
+    (model,) = load_models(tmp_path / "m")
+    validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
+    predicted = model.predict(validation_images.astype(np.float32), verbose=0).argmax(axis=1)
+    assert np.mean(predicted == validation_labels) == pytest.approx(member["val_accuracy"][-1])
+
+
+def test_member_splits_give_each_later_member_its_own_split_of_every_labelled_image(tmp_path, arrays, monkeypatch):
+    given = []
+
+    def record_fit(model_path, images, labels, validation_images, validation_labels, **settings):
+        given.append((images, labels, validation_images, validation_labels, settings["seed"]))
+        return {"val_accuracy": [1.0], "loss": [0.0]}
+
+    monkeypatch.setattr("components.train.fit", record_fit)
+    train(arrays["train"], arrays["validation"], tmp_path / "m", ensemble_size=3, member_splits=True, seed=7)
+    train_images, train_labels = load_arrays(arrays["train"], "images", "labels")
+    validation_images, validation_labels = load_arrays(arrays["validation"], "images", "labels")
+    first, *later = given
+    np.testing.assert_array_equal(first[0], train_images)  # the first member: preprocess's split
+    np.testing.assert_array_equal(first[2], validation_images)
+    every_image = {image.tobytes() for image in np.concatenate([train_images, validation_images])}
+    for images, _, member_validation_images, member_validation_labels, _ in later:
+        assert len(images) == len(train_images) and len(member_validation_images) == len(validation_images)
+        assert {image.tobytes() for image in np.concatenate([images, member_validation_images])} == every_image
+        assert np.array_equal(np.bincount(member_validation_labels), np.bincount(validation_labels))  # stratified
+        assert not np.array_equal(member_validation_images, validation_images)
+    assert [seed for *_, seed in given] == [7, 8, 9]
+    assert not np.array_equal(later[0][2], later[1][2])  # each its own
+    with pytest.raises(ValueError, match="member_splits and train_on_validation"):
+        train(arrays["train"], arrays["validation"], tmp_path / "n", member_splits=True, train_on_validation=True)
+
+
+def test_train_rejects_an_unknown_kept_epoch(tmp_path, arrays):
+    with pytest.raises(ValueError, match="keep_epoch must be best or last, got 'middle'"):
+        train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", keep_epoch="middle")
+
+
 def test_training_on_validation_keeps_the_last_epoch(tmp_path, arrays):
     history = train(
         arrays["train"],
@@ -174,9 +235,23 @@ def test_bfloat16_arithmetic_is_read_off_the_cpu_flags(tmp_path):
     assert not cpu_computes_bfloat16(tmp_path / "absent")  # not Linux
 
 
+def test_bfloat16_is_chosen_where_it_was_measured_faster(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512vl avx512_vnni"
+    for vendor, extra, faster in (
+        ("AuthenticAMD", "avx512_bf16", True),  # Zen 4: 1.5x
+        ("GenuineIntel", "avx512_bf16", False),  # a Xeon without AMX: 0.88x
+        ("GenuineIntel", "avx512_bf16 amx_bf16 amx_tile", True),
+        ("AuthenticAMD", "", False),  # emulated
+    ):
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\n{flags} {extra}\n")
+        assert cpu_trains_faster_in_bfloat16(cpuinfo) is faster, (vendor, extra)
+    assert not cpu_trains_faster_in_bfloat16(tmp_path / "absent")
+
+
 def test_precision_policy_follows_the_hardware(monkeypatch):
-    for computes_bfloat16, automatic in ((True, "mixed_bfloat16"), (False, "float32")):  # the CPU
-        monkeypatch.setattr("components.train.cpu_computes_bfloat16", lambda computes=computes_bfloat16: computes)
+    for faster_in_bfloat16, automatic in ((True, "mixed_bfloat16"), (False, "float32")):  # the CPU
+        monkeypatch.setattr("components.train.cpu_trains_faster_in_bfloat16", lambda faster=faster_in_bfloat16: faster)
         assert precision_policy("auto", []) == automatic
         assert precision_policy("on", []) == "mixed_bfloat16"  # emulated where the CPU has no bfloat16 arithmetic
         assert precision_policy("off", []) == "float32"
@@ -253,7 +328,7 @@ def test_train_rejects_negative_float32_epochs(tmp_path, arrays):
 
 
 def test_train_rejects_an_unknown_schedule(tmp_path, arrays):
-    with pytest.raises(ValueError, match="learning_rate_schedule must be cosine or constant, got 'linear'"):
+    with pytest.raises(ValueError, match="must be cosine, constant or exponential, got 'linear'"):
         train(arrays["train"], arrays["validation"], tmp_path, tmp_path / "h.json", learning_rate_schedule="linear")
 
 
