@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA := data/digit-recognizer
 PROFILE ?= default
 
-.PHONY: run test lint install data compile images image-prefix push serve bench bench-env kaggle-submit clean
+.PHONY: run test lint install data compile images image-prefix push serve mlflow bench bench-env kaggle-submit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ OTHER_TENSORFLOW_WHEEL := $(if $(filter 1,$(GPU)),tensorflow-cpu,tensorflow)
 # again wherever Python may not write them (PYTHONDONTWRITEBYTECODE): 9 s an import of TensorFlow, not 4.
 $(VENV)/.installed-$(VENV_TENSORFLOW): pyproject.toml | $(BIN)/uv
 	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then $(BIN)/uv pip uninstall --python $(BIN)/python --quiet $(OTHER_TENSORFLOW_WHEEL); rm -f $(VENV)/.installed-*; fi
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[pipeline,$(VENV_TENSORFLOW),serve,test]'
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[pipeline,tracking,$(VENV_TENSORFLOW),serve,test]'
 	touch $@
 
 install: $(VENV)/.installed-$(VENV_TENSORFLOW)
@@ -72,6 +72,12 @@ MODEL ?= runs/latest/model.onnx
 serve: install
 	@test -f $(MODEL) || { echo "error: $(MODEL) not found: run make run first, or make serve MODEL=path/to/model.onnx"; exit 1; }
 	$(BIN)/python -m serving --model $(MODEL)
+
+# MLflow's UI over the local runs' embedded store (runs/mlflow.db, each run's MLflow runs and registered model).
+MLFLOW_PORT ?= 5000
+mlflow: install
+	@test -f runs/mlflow.db || { echo "error: runs/mlflow.db not found: make run tracks a run there"; exit 1; }
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # The benchmarks' peer, KServe, lives in its own environment (the client tests use its clients too); wrk (HTTP) and
 # h2load (gRPC, in nghttp2-client) are Debian's load generators.

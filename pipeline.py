@@ -84,10 +84,12 @@ RESOURCES = {
     "shard_plan": ("1", "1G", "1", "2G"),
     "score": ("2", "2G", "2", "4G"),
     "join": ("0.5", "512M", "1", "1G"),
+    "register": ("0.5", "512M", "1", "1G"),
     "report": ("1", "1G", "1", "2G"),
     "deploy": ("0.1", "256M", "1", "512M"),
 }
-# Training on a GPU is not bit-for-bit repeatable, and a download or a refusal should happen anew each run.
+# Training on a GPU is not bit-for-bit repeatable, and a download, a registration or a refusal should happen anew
+# each run.
 CACHED_STEPS = {"preprocess", "export", "evaluate", "shard_plan", "score", "join", "report"}
 # A refusal is an answer, not a transient failure, and KFP 2.17's retry policy cannot tell one (exit status 2) from a
 # fault that can pass. So the steps that check the user's CSVs (preprocess, shard_plan), and the gate's refusal, are
@@ -271,6 +273,14 @@ def build_pipeline(
                     stop_row=shard.stop_row,
                 )
             joined = step("join", parameters, shard_submissions=dsl.Collected(scored.outputs["submission"]))
+            registered = step(
+                "register",
+                parameters,
+                onnx_model=exported.outputs["onnx_model"],
+                train_csv=train_file,
+                test_csv=test_file,
+                accuracy=accuracy,
+            )
             served = {}
             if deploy_to:
                 deployed = step(
@@ -290,6 +300,7 @@ def build_pipeline(
                 metrics_json=evaluated.outputs["metrics_json"],
                 submission=joined.outputs["submission"],
                 test_csv=test_file,
+                model_version=registered.output,
                 **served,
             )
         with dsl.Else(name="not-accurate-enough"):

@@ -1,7 +1,8 @@
 """Running the exported ONNX model with onnxruntime: shared by export, evaluate, score and serving.
 
 The model takes raw 0-255 pixels as float32 `pixels` [n, 28, 28, 1] and returns
-`probabilities` [n, 10] and `label` [n].
+`probabilities` [n, 10] and `label` [n]. Export writes its identity into its metadata: the SHA-256 of the model
+as it was before (DIGEST_KEY), which the model's registered version in MLflow records too.
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ from common.errors import InputError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("probabilities", "label")
+DIGEST_KEY = "digit_recognizer.sha256"  # the model's metadata_props entry that names it
 
 
 def load_session(onnx_path, threads=0, spin=True):
@@ -54,3 +56,9 @@ def predict(session, images, batch_size=1024):
     if not probabilities:
         return np.zeros((0, 10), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def model_digest(session):
+    """The identity export wrote into the model of `session` (a `load_session`): its SHA-256, in hex; "" for a model
+    written without one."""
+    return session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY, "")

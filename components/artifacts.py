@@ -1,6 +1,7 @@
 """Writing step outputs safely, and the compact array files that steps pass on."""
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -69,3 +70,12 @@ def load_json(path, what):
         raise InputError(f"{path}: file not found ({what})") from None
     except ValueError as error:
         raise InputError(f"{path}: not JSON ({error})") from None
+
+
+def file_digest(path) -> str:
+    """The SHA-256 of a file, in hex (run.json's and the registered model's record of the data)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

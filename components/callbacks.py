@@ -1,4 +1,5 @@
-"""What train's fits do between steps and epochs: time them, tell the console, keep an average of the weights."""
+"""What train's fits do between steps and epochs: time them, tell the console and MLflow, keep an average of the
+weights."""
 
 import time
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import progress
+from components import progress, tracking
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -49,6 +50,19 @@ class EpochProgress(keras.callbacks.Callback):
             f"{which}: loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f}{validation}, "
             f"{logs['images_per_second']:.0f} images/s, about {left} left"
         )
+
+
+class EpochTracking(keras.callbacks.Callback):
+    """Logs each epoch's figures (loss, accuracy, validation loss and accuracy, and EpochTimer's learning rate,
+    images/s and seconds) into the task's MLflow run, at step = epoch, their names after `prefix` (a member of an
+    ensemble, say)."""
+
+    def __init__(self, prefix=""):
+        super().__init__()
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        tracking.log_metrics({f"{self.prefix}{name}": value for name, value in logs.items()}, step=epoch)
 
 
 def duration(seconds):

@@ -4,11 +4,13 @@
         --validation-data work/validation.npz --onnx-model work/model.onnx --int8-model work/model.int8.onnx
 """
 
+import hashlib
 import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import tensorflow as tf
 import tf2onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -16,12 +18,14 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from common.errors import InputError
 from common.kaggle_format import IMAGE_SIZE
-from common.onnx_model import INPUT_NAME, load_session, predict
-from components import progress
+from common.onnx_model import DIGEST_KEY, INPUT_NAME, load_session, predict
+from components import progress, tracking
 from components.artifacts import atomic_path, load_arrays
 from components.cli import command_line
 from components.train import load_models
 from components.triton_repository import write_repository
+
+EXAMPLE_IMAGES = 5  # validation images kept as the input example of each model logged to MLflow
 
 
 def shifted_views(pixels):
@@ -54,6 +58,15 @@ def to_onnx(function, opset=17):
     tf2onnx.utils.INTERNAL_NAME = 1
     model_proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
     renumber_made_names(model_proto.graph)
+    return model_proto
+
+
+def with_digest(model_proto):
+    """`model_proto` carrying its identity: the SHA-256 of the model as it was, in its metadata (DIGEST_KEY), which
+    common.onnx_model.model_digest reads back (a server, the register step). The same model gives the same digest."""
+    del model_proto.metadata_props[:]  # the quantizer keeps the fp32 model's digest, which is not the int8 one's
+    digest = hashlib.sha256(model_proto.SerializeToString(deterministic=True)).hexdigest()
+    model_proto.metadata_props.add(key=DIGEST_KEY, value=digest)
     return model_proto
 
 
@@ -140,6 +153,7 @@ def quantize(onnx_model, calibration_images, int8_model, quant_format="QDQ"):
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
         )
+        onnx.save(with_digest(onnx.load(temporary)), temporary)
 
 
 def export(
@@ -158,7 +172,10 @@ def export(
 
     All the members in `model_dir` are averaged inside the one graph; `tta` also averages each image
     with its four one-pixel shifts. Either way scoring and serving make one model call.
-    Returns the parity figures and how often the int8 model's labels agree with the fp32 model's.
+    Each model carries its SHA-256 in its metadata (with_digest). With MLflow tracking (components/tracking.py) both
+    are logged as MLflow models (onnx flavour) of the task's run.
+    Returns the parity figures, how often the int8 model's labels agree with the fp32 model's, and the fp32 model's
+    MLflow URI as `mlflow_model_uri` ("" untracked).
 
     Args:
         model_dir: the trained model's folder, from train
@@ -177,7 +194,7 @@ def export(
     function = inference_function(models, tta)
     images, _ = load_arrays(validation_data, "images", "labels")
     with atomic_path(onnx_model) as temporary:
-        temporary.write_bytes(to_onnx(function, opset).SerializeToString())
+        temporary.write_bytes(with_digest(to_onnx(function, opset)).SerializeToString())
         max_difference, label_mismatches = parity(function, load_session(temporary), images)
         print(  # for the run's log; the console shows the step's key figure
             f"{len(models)} member(s){', test-time augmentation' if tta else ''}; "
@@ -198,7 +215,11 @@ def export(
     _, int8_labels = predict(load_session(int8_model), images)
     agreement = float((fp32_labels == int8_labels).mean())
     progress.figure(f"int8 model agrees with fp32 on {agreement:.2%} of validation labels")
+    examples = images[:EXAMPLE_IMAGES]
+    model_uri = tracking.log_onnx_model(onnx_model, "model", examples)
+    tracking.log_onnx_model(int8_model, "model-int8", examples)
     return {
+        "mlflow_model_uri": model_uri or "",
         "max_probability_difference": max_difference,
         "label_mismatches": label_mismatches,
         "parity_images": len(images),

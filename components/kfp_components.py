@@ -159,6 +159,7 @@ def export_component(
     )
     for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
         artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
+    onnx_model.metadata["mlflow_model_uri"] = parity.pop("mlflow_model_uri")  # what the register step registers
     for name, value in parity.items():
         parity_metrics.log_metric(name, value)
     progress.done()
@@ -283,6 +284,33 @@ def join_component(shard_submissions: Input[List[Dataset]], submission: Output[D
     progress.done()
 
 
+def register_component(
+    onnx_model: Input[Model],
+    train_csv: Input[Dataset],
+    test_csv: Input[Dataset],
+    accuracy: float,
+) -> str:
+    """Register the model that passed the gate in MLflow's model registry, tagged with its run, accuracy and data;
+    returns its version ("" without MLflow tracking)."""
+    given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
+    from components import progress
+
+    progress.start("register")
+    from components.cli import run_step
+    from components.register import register
+
+    version = run_step(
+        register,
+        given,
+        onnx_model=onnx_model.path,
+        train_csv=train_csv.path,
+        test_csv=test_csv.path,
+        model_uri=onnx_model.metadata.get("mlflow_model_uri", ""),
+    )
+    progress.done()
+    return version
+
+
 def report_component(
     history: Input[Artifact],
     metrics_json: Input[Artifact],
@@ -291,6 +319,7 @@ def report_component(
     report: Output[HTML],
     test_samples: Output[Artifact],
     service_url: str = "",
+    model_version: str = "",
 ):
     """An HTML page for the KFP UI: the run's figures, training curves, confusion matrix and sample test digits
     with predictions."""
@@ -347,6 +376,7 @@ STEPS = {
     "shard_plan": shard_plan_component,
     "score": score_component,
     "join": join_component,
+    "register": register_component,
     "report": report_component,
     "deploy": deploy_component,
 }
@@ -367,6 +397,7 @@ FUNCTION_ARGUMENTS = {
         "checkpoint_subfolder": "checkpoint_dir",  # joined to checkpoint_dir: one folder a run on a cluster's volume
     },
     "score": {"score_with_int8": "onnx_model"},  # which of the two models the function scores with
+    "register": {"onnx_model": "model_uri"},  # its MLflow URI, which export put in the model's metadata
     "deploy": {"service_name": "name", "onnx_model": "storage_uri"},  # KServe copies the model from its URI
 }
 # The step functions' options that a pipeline leaves at their defaults.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.errors import InputError
 from common.kaggle_format import SUBMISSION_HEADER
+from components import tracking
 from components.artifacts import atomic_path, load_json
 from components.cli import command_line
 from components.kaggle_csv import iter_csv
@@ -39,12 +40,14 @@ def report(
     test_samples_png: str | Path | None = None,
     sample_count: int = 40,
     service_url: str = "",
+    model_version: str = "",
 ) -> dict:
     """Write the run's report as one HTML file (images inline, so the KFP UI shows it as it is).
 
     The sample grid shows the first `sample_count` test digits with their submitted labels; with
     `test_samples_png` it is also written there; `service_url` is where the deploy step serves the
-    model. Returns the figures the report shows.
+    model; `model_version` its version in MLflow's model registry. With MLflow tracking (components/tracking.py) the
+    page goes to the task's run too. Returns the figures the report shows.
 
     Args:
         history: history.json from train
@@ -55,6 +58,7 @@ def report(
         test_samples_png: where to write the sample grid as PNG too (optional)
         sample_count: test digits in the grid
         service_url: where the model is served, shown in the report (optional)
+        model_version: the model's version in MLflow's model registry, from register (optional)
     """
     history, metrics = (
         load_json(history, "history.json from train"),
@@ -76,6 +80,8 @@ def report(
     }
     if service_url:
         figures["served at (KServe)"] = service_url
+    if model_version:
+        figures["registered model (MLflow)"] = f"{tracking.REGISTERED_MODEL} version {model_version}"
     with tempfile.TemporaryDirectory() as folder:
         pictures = {name: Path(folder) / f"{name}.png" for name in ("curves", "confusion", "samples")}
         training_curves(members, pictures["curves"])
@@ -102,6 +108,7 @@ img{{max-width:100%}}</style></head><body>
 """
     with atomic_path(report_html) as temporary:
         temporary.write_text(page)
+    tracking.log_files({"report.html": report_html})
     return figures
 
 

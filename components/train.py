@@ -12,10 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from common.errors import InputError
-from components import progress
+from components import progress, tracking
 from components.artifacts import atomic_path, load_arrays, save_json
 from components.augmentation import training_dataset
-from components.callbacks import EpochProgress, EpochTimer, Float32Finish, WeightAverage
+from components.callbacks import EpochProgress, EpochTimer, EpochTracking, Float32Finish, WeightAverage
 from components.checkpoints import (
     CHECKPOINT_FILE,
     TrainingCheckpoint,
@@ -119,10 +119,12 @@ def fit(
     keep_epoch,
     checkpoint_path=None,
     epoch_progress=None,
+    epoch_tracking=None,
 ):
     """Fit one CNN and write it to `model_path`; returns its history (one list per metric, one value per epoch).
 
     With `checkpoint_path`, the fit is saved there after every epoch and goes on from there when started again.
+    `epoch_progress` and `epoch_tracking` (callbacks) hear of each epoch after its figures are complete.
     """
     finished = finished_member(checkpoint_path, model_path)
     if finished is not None:
@@ -139,20 +141,13 @@ def fit(
         )
     elif learning_rate_schedule == "exponential":
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
-            learning_rate,
-            decay_steps=steps_per_epoch,
-            decay_rate=EXPONENTIAL_DECAY,
-            staircase=True,
+            learning_rate, decay_steps=steps_per_epoch, decay_rate=EXPONENTIAL_DECAY, staircase=True
         )
     with strategy.scope():
         model = build_model(network)
         one_step_a_call = ema_momentum or strategy.num_replicas_in_sync > 1
         compile_for_training(
-            model,
-            learning_rate,
-            weight_decay,
-            label_smoothing,
-            1 if one_step_a_call else steps_a_call(steps_per_epoch),
+            model, learning_rate, weight_decay, label_smoothing, 1 if one_step_a_call else steps_a_call(steps_per_epoch)
         )
     with atomic_path(model_path) as temporary_path:
         # Validation images inside the training set make validation accuracy meaningless for choosing an epoch:
@@ -163,10 +158,7 @@ def fit(
             if keep_last
             else [
                 keras.callbacks.ModelCheckpoint(
-                    temporary_path,
-                    monitor="val_accuracy",
-                    mode="max",
-                    save_best_only=True,
+                    temporary_path, monitor="val_accuracy", mode="max", save_best_only=True
                 ),
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience),
             ]
@@ -176,6 +168,7 @@ def fit(
         callbacks = [
             EpochTimer(steps_per_epoch * batch_size),
             *([epoch_progress] if epoch_progress else []),
+            *([epoch_tracking] if epoch_tracking else []),
             *([weight_average] if weight_average else []),
             *best_epoch_callbacks,
         ]
@@ -203,10 +196,7 @@ def fit(
             steps_per_epoch=steps_per_epoch,
             initial_epoch=initial_epoch,
             epochs=initial_epoch if checkpoint and checkpoint.state["stopped"] else epochs,
-            validation_data=(
-                validation_images.astype(np.float32),
-                keras.utils.to_categorical(validation_labels, 10),
-            ),
+            validation_data=(validation_images.astype(np.float32), keras.utils.to_categorical(validation_labels, 10)),
             validation_batch_size=512,
             shuffle=False,  # the dataset shuffles, reproducibly
             callbacks=callbacks,
@@ -291,10 +281,11 @@ def train(
     image it was that sure of). Several GPUs are used as one (MirroredStrategy); `mixed_precision` is
     "auto" (float16 compute on GPUs with tensor cores, bfloat16 on CPUs with bfloat16 arithmetic), "on"
     (float16 on GPUs, bfloat16 on the CPU) or "off"; with it, the last `float32_epochs` epochs compute in
-    float32. With `curves_png`, loss and error per epoch are plotted there. With `checkpoint_dir`, each member's
-    fit is saved there after every epoch; started again with the same settings and data, training goes on
-    after the last finished epoch and keeps the members already finished (a folder holding checkpoints of
-    other settings is refused).
+    float32. With `curves_png`, loss and error per epoch are plotted there. With MLflow tracking
+    (components/tracking.py), each epoch's figures, the settings the inputs do not name (precision, GPUs, image
+    counts, versions) and the curves go to the task's run. With `checkpoint_dir`, each member's fit is saved there
+    after every epoch; started again with the same settings and data, training goes on after the last finished epoch
+    and keeps the members already finished (a folder holding checkpoints of other settings is refused).
     Returns {"members": [one history per member], "pseudo_labels": images added (0 without)}, and after a second
     round with pseudo-labels its first round's histories as "first_round_members".
 
@@ -401,6 +392,17 @@ def train(
                 pseudo_label_data=pseudo_label_data and array_digest(*load_arrays(pseudo_label_data, "images")),
             ),
         )
+    # What the task's inputs (which KFP's launcher logs into its MLflow run) do not say.
+    tracking.log_params(
+        dict(
+            precision_policy=policy,
+            gpus=len(devices),
+            training_images=len(train_images),
+            validation_images=len(validation_images),
+            tensorflow_version=tf.__version__,
+            keras_version=keras.__version__,
+        )
+    )
     settings = dict(recipe, strategy=distribution_strategy(devices))
     model_paths = [Path(model_dir) / MODEL_FILE.format(member=member) for member in range(ensemble_size)]
     labelled_images = np.concatenate([train_images, validation_images])
@@ -412,9 +414,7 @@ def train(
         if not member_splits or member == 0:
             return train_images, train_labels, validation_images, validation_labels
         train_part, validation_part = stratified_split(
-            labelled_labels,
-            len(validation_images) / len(labelled_labels),
-            seed + member,
+            labelled_labels, len(validation_images) / len(labelled_labels), seed + member
         )
         return (
             labelled_images[train_part],
@@ -437,6 +437,12 @@ def train(
                     member_validation_labels,
                     seed=seed + member,
                     epoch_progress=EpochProgress(member, ensemble_size, epochs),
+                    epoch_tracking=EpochTracking(
+                        ("pseudo_labels/" if round_of_training else "")
+                        + (f"member_{member}/" if ensemble_size > 1 else "")
+                    )
+                    if tracking.task_run()
+                    else None,
                     checkpoint_path=checkpoint_dir
                     and Path(checkpoint_dir) / CHECKPOINT_FILE.format(round=round_of_training, member=member),
                     **settings,
@@ -479,6 +485,7 @@ def train(
     save_json(history_path or Path(model_dir) / "history.json", history)
     if curves_png:
         training_curves(histories, curves_png)
+        tracking.log_files({"training_curves.png": curves_png})
     for member, member_history in enumerate(histories):
         progress.figure(
             f"member {member}: best validation accuracy {max(member_history['val_accuracy']):.4f} "
@@ -490,8 +497,7 @@ def train(
 def load_models(model_dir):
     """The members that train wrote to `model_dir`, in order."""
     paths = sorted(
-        Path(model_dir).glob(MODEL_FILE.format(member="*")),
-        key=lambda path: int(path.stem.rsplit("-", 1)[1]),
+        Path(model_dir).glob(MODEL_FILE.format(member="*")), key=lambda path: int(path.stem.rsplit("-", 1)[1])
     )
     if not paths:
         raise InputError(

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from common.errors import InputError
+from components import tracking
 from runner import record
 from runner.console import Console
 from runner.docker import docker_runner, run_label, stop_containers
@@ -28,6 +29,7 @@ from runner.processes import start_session, stop_session
 
 DEFAULT_DATA = Path("data/digit-recognizer")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}  # run.json's -> MLflow's
 
 
 class Interrupted(BaseException):
@@ -55,8 +57,10 @@ def run_locally(
     CSVs are copied in there so the containers can read them), with `gpus` ("all" or a count) GPUs.
     kfp.local's pipeline root, with its cache of finished steps and training's checkpoints, lies in the
     run folder, so `resume` (an interrupted run's folder) reuses the finished steps and goes on training
-    from the last checkpoint. Bad input, a step's refusal or an interruption ends it with SystemExit: a one-line
-    error, or status 130 (SIGINT) or 143 (SIGTERM) after stopping every step and saying how to resume.
+    from the last checkpoint. The run is tracked in MLflow as KFP's backend tracks it (mlflow_run): in
+    MLFLOW_TRACKING_URI if set, or else in the SQLite store beside the run folder (runs/mlflow.db). Bad input, a
+    step's refusal or an interruption ends it with SystemExit: a one-line error, or status 130 (SIGINT) or 143
+    (SIGTERM) after stopping every step and saying how to resume.
     """
     if gpus and not docker_image:
         raise SystemExit(
@@ -81,6 +85,7 @@ def run_locally(
         docker_runner(gpus, label)  # its one-line errors come before anything is written
     pipeline_root.mkdir(parents=True, exist_ok=True)
     runner = {"docker_image": docker_image, "gpus": gpus} if docker_image else "subprocess"
+    run_record["mlflow"] = mlflow_run(out, run_record)
     record.start_attempt(out, run_record, runner)
     started = time.time()
     log_path = out / "run.log"
@@ -98,11 +103,18 @@ def run_locally(
             "docker_image": docker_image,
             "gpus": gpus,
             "label": label,
+            "mlflow_run": run_record["mlflow"],
         }
+
+        def finish(status):
+            if run_record["mlflow"]:
+                tracking.end_run(run_record["mlflow"], MLFLOW_STATUS[status])
+            record.finish_attempt(out, run_record, status, console.steps)
+
         try:
             status = supervise(settings, console, label if docker_image else None)
         except Interrupted as interruption:
-            record.finish_attempt(out, run_record, "interrupted", console.steps)
+            finish("interrupted")
             console.say(
                 f"\ninterrupted ({signal.Signals(interruption.signal_number).name}); every step stopped.\n"
                 f"training checkpoints: {checkpoint_summary(arguments['checkpoint_dir'])}\n"
@@ -110,7 +122,7 @@ def run_locally(
             )
             raise SystemExit(128 + interruption.signal_number) from None
         if console.refusal or status != 0:
-            record.finish_attempt(out, run_record, "failed", console.steps)
+            finish("failed")
             if console.refusal:
                 raise refused(console.refusal)
             unexplained = f"the {console.unexplained} step failed without saying why" if console.unexplained else ""
@@ -121,12 +133,39 @@ def run_locally(
             shutil.rmtree(pipeline_root)
         except PermissionError:  # containers run as root and may leave files this user cannot delete
             console.say(f"note: {pipeline_root} holds files written by the containers as root; delete it as root")
-        record.finish_attempt(out, run_record, "succeeded", console.steps)
+        if run_record["mlflow"]:
+            run_record["registered_model"] = registered_model(run_record["mlflow"])
+        finish("succeeded")
         point_latest_at(out)
         console.say(f"\ndone in {time.time() - started:.0f} s; outputs in {out}/:")
         for line in listing(out):
             console.say(line)
     return out
+
+
+def mlflow_run(out: Path, run_record: dict) -> dict | None:
+    """The run's parent run in MLflow, as KFP's API server starts one for a pipeline run: in experiment
+    digit-recognizer, with the run's parameters, data hashes and commit. A resumed run goes on in its own (run.json
+    keeps it). None when MLflow fails (one warning line): the run goes on untracked."""
+    if run_record.get("mlflow"):
+        return tracking.resume_run(run_record["mlflow"])
+    tracking_uri, artifact_location = tracking.local_store(out.parent)
+    code = run_record["code"] or {}
+    tags = {
+        "profile": run_record["profile"],
+        "run_folder": str(out.resolve()),
+        **{f"{name.replace('.', '_')}_sha256": digest for name, digest in run_record["data"]["sha256"].items()},
+        **({"mlflow.source.git.commit": code["commit"], "git_dirty": code["dirty"]} if code else {}),
+    }
+    return tracking.start_run(
+        tracking_uri, out.name, run_record["parameters"], tags, artifact_location=artifact_location
+    )
+
+
+def registered_model(pipeline_run: dict) -> dict | None:
+    """The model version the run registered in MLflow, as run.json names it."""
+    version = tracking.registered_version(pipeline_run)
+    return {"name": tracking.REGISTERED_MODEL, "version": version} if version else None
 
 
 def supervise(settings: dict, console: Console, docker_label: str | None) -> int:

@@ -2,14 +2,13 @@
 and the checks that let `--resume` go on only with the same settings and data."""
 
 import datetime
-import hashlib
 import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
 
 from common.errors import InputError
-from components.artifacts import load_json, save_json
+from components.artifacts import file_digest, load_json, save_json
 from runner import params
 
 RECORD_FILE = "run.json"
@@ -110,14 +109,6 @@ def save(out: Path, record: dict) -> None:
 
 def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_version(package: str) -> str | None:

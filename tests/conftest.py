@@ -192,3 +192,76 @@ def namespace(kube_api):
     name = f"test-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": name}})
     return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on a free port of 127.0.0.1 (SQLite backend, artifacts served through it), as a
+    team runs one: its URL. Stopped after the session."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.serving.conftest import free_port
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(folder / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server", "--workers", "1"),
+                *("--host", "127.0.0.1", "--port", url.rpartition(":")[2]),
+                *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
+                *("--artifacts-destination", str(folder / "artifacts")),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers are stopped with it
+        )
+    try:
+        deadline = time.monotonic() + 300  # its first start creates the store's tables: a minute on a busy 2-core CPU
+        while True:
+            assert process.poll() is None, (folder / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the MLflow server did not answer within 300 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def failing_tracking_servers():
+    """Two tracking URIs that fail: {"500": a server on 127.0.0.1 that answers every request with HTTP 500,
+    "unreachable": a free port of 127.0.0.1 where nothing listens}."""
+    import http.server
+    import threading
+
+    from tests.serving.conftest import free_port
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = answer
+
+        def log_message(self, *arguments):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"500": f"http://127.0.0.1:{server.server_port}", "unreachable": f"http://127.0.0.1:{free_port()}"}
+    server.shutdown()
+    server.server_close()

@@ -59,12 +59,16 @@ def make_dry_run(folder, *arguments, gpus_listed):
 
 
 def test_install_picks_tensorflow_with_cuda_where_nvidia_smi_lists_a_gpu(project_copy):
-    install = "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,gpu,serve,test]'"
+    install = (
+        "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,tracking,gpu,serve,test]'"
+    )
     assert install in make_dry_run(project_copy, "install", gpus_listed=True)
-    install = "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,cpu,serve,test]'"
+    install = (
+        "uv pip install --python .venv/bin/python --quiet --compile-bytecode -e '.[pipeline,tracking,cpu,serve,test]'"
+    )
     assert install in make_dry_run(project_copy, "install", gpus_listed=False)
-    assert "'.[pipeline,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
-    assert "'.[pipeline,gpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=1", gpus_listed=False)
+    assert "'.[pipeline,tracking,cpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=0", gpus_listed=True)
+    assert "'.[pipeline,tracking,gpu,serve,test]'" in make_dry_run(project_copy, "install", "GPU=1", gpus_listed=False)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras["gpu"] == ["tensorflow[and-cuda]==2.21.0"] and extras["cpu"] == ["tensorflow-cpu==2.21.0"]
     assert not any(requirement.startswith("tensorflow") for requirement in extras["pipeline"])  # never both wheels
@@ -78,7 +82,7 @@ def test_install_twice_builds_the_venv_once_and_swaps_the_wheel_on_a_change(proj
     assert (
         ".venv/bin/uv pip uninstall --python .venv/bin/python --quiet tensorflow;" in swap
     )  # ... with the CUDA wheel out, the CPU wheel in
-    assert "'.[pipeline,cpu,serve,test]'" in swap
+    assert "'.[pipeline,tracking,cpu,serve,test]'" in swap
 
 
 def test_make_kaggle_submit_uses_the_venvs_cli_and_without_credentials_says_how_to_get_them(tmp_path):
@@ -137,7 +141,9 @@ def test_images_build_the_cuda_training_image_by_default_whatever_this_machine_h
 
 def test_the_venvs_tensorflow_and_the_images_are_chosen_apart(project_copy):
     install = make_dry_run(project_copy, "install", "TRAIN_IMAGE=cpu", gpus_listed=True)
-    assert "'.[pipeline,gpu,serve,test]'" in install  # the machine's GPU decides the venv, not the image's setting
+    assert (
+        "'.[pipeline,tracking,gpu,serve,test]'" in install
+    )  # the machine's GPU decides the venv, not the image's setting
     images = make_dry_run(project_copy, "images", "GPU=0", gpus_listed=False)
     assert "--build-arg TENSORFLOW=gpu" in images
 
@@ -168,3 +174,19 @@ def test_make_test_lints_and_checks_the_formatting_before_the_tests(project_copy
     (project_copy / ".venv" / ".installed-cpu").touch()
     commands = make_dry_run(project_copy, "test", "GPU=0", gpus_listed=False).splitlines()
     assert commands == [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/python -m pytest"]
+
+
+def test_make_mlflow_opens_the_ui_over_the_local_store_on_127_0_0_1(project_copy):
+    (project_copy / ".venv" / ".installed-cpu").touch()
+    commands = make_dry_run(project_copy, "mlflow", "GPU=0", gpus_listed=False)
+    assert ".venv/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db --host 127.0.0.1 --port 5000" in commands
+    result = subprocess.run(["make", "-s", "mlflow", "GPU=0"], cwd=project_copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stdout.strip() == "error: runs/mlflow.db not found: make run tracks a run there"
+
+
+def test_the_steps_log_with_mlflows_light_client_and_the_venv_gets_its_store_and_ui():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (skinny,) = [requirement for requirement in extras["pipeline"] if requirement.startswith("mlflow")]
+    assert skinny.startswith("mlflow-skinny==") and extras["tracking"] == [f"mlflow=={skinny.partition('==')[2]}"]
+    assert not any(requirement.startswith("mlflow") for requirement in extras["serve"])

@@ -13,12 +13,13 @@ from components.evaluate import evaluate, require_accuracy
 from components.export import export
 from components.kfp_components import FUNCTION_ARGUMENTS, FUNCTION_DEFAULTS_KEPT, STEPS
 from components.preprocess import preprocess
+from components.register import register
 from components.report import report
 from components.score import join_submissions, score, shard_plan
 from components.train import train
 from tests.conftest import ROOT, run_module
 
-RUN_STEPS = ["preprocess", "train", "export", "evaluate", "reject", "shard_plan", "score", "join", "report"]
+RUN_STEPS = ["preprocess", "train", "export", "evaluate", "reject", "shard_plan", "score", "join", "register", "report"]
 STEP_FUNCTIONS = {  # the function each step's KFP component calls
     "download": download,
     "preprocess": preprocess,
@@ -29,6 +30,7 @@ STEP_FUNCTIONS = {  # the function each step's KFP component calls
     "shard_plan": shard_plan,
     "score": score,
     "join": join_submissions,
+    "register": register,
     "report": report,
     "deploy": deploy,
 }
@@ -76,13 +78,16 @@ def test_the_gate_and_the_scoring_fan_out(tmp_path):
     )
     assert conditions["condition-3"] == accurate
     assert conditions["condition-4"] == f"!({accurate})"
-    # Scoring, joining and the report happen only for an accurate model; the other branch refuses.
+    # Scoring, joining, registering and the report happen only for an accurate model; the other branch refuses.
     assert (
         tasks["shard-plan-component"][0]
         == tasks["join-component"][0]
+        == tasks["register-component"][0]
         == tasks["report-component"][0]
         == "comp-condition-3"
     )
+    report_version = tasks["report-component"][1]["inputs"]["parameters"]["model_version"]["taskOutputParameter"]
+    assert report_version == {"outputParameterKey": "Output", "producerTask": "register-component"}
     assert tasks["reject-component"][0] == "comp-condition-4"
     loop_dag, loop = tasks["for-loop-2"]
     assert loop_dag == "comp-condition-3"
@@ -211,7 +216,7 @@ def test_cluster_settings_resources_gpu_retries_caching(tmp_path):
         task = tasks[name]
         refuses_the_users_data = step in ("reject", "preprocess", "shard_plan")  # deterministic: never retried
         assert task.get("retryPolicy", {}).get("maxRetryCount") == (None if refuses_the_users_data else 2), step
-        assert task["cachingOptions"].get("enableCache", False) is (step not in ("train", "reject")), step
+        assert task["cachingOptions"].get("enableCache", False) is (step not in ("train", "register", "reject")), step
         assert task["taskInfo"]["name"] == step
     accelerator = executors["exec-train-component"]["container"]["resources"]["accelerator"]
     assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"

@@ -25,6 +25,7 @@ STEPS = {
     "components.evaluate": ("evaluate", [], {}),
     "components.score": ("score", [], {}),
     "components.report": ("report", [], {}),
+    "components.register": ("register", ["--accuracy", "0.99"], {"accuracy": 0.99}),  # a number, not given-accuracy
     "components.download": (
         "download",
         ["--out", "data"],

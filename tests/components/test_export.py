@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from common.errors import InputError
-from common.onnx_model import load_session, predict
+from common.onnx_model import DIGEST_KEY, load_session, model_digest, predict
 from components.artifacts import load_arrays
 from components.export import export, inference_function, shifted_views, to_onnx
 from components.train import load_models, train
@@ -141,3 +141,16 @@ def test_an_ensemble_with_test_time_augmentation_is_one_graph_averaging_everythi
     probabilities, labels = predict(load_session(tmp_path / "model.onnx"), images)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     np.testing.assert_array_equal(labels, expected.argmax(axis=1))
+
+
+def test_each_model_carries_its_digest_which_common_reads_back(exported, served_model):
+    digests = []
+    for path in exported:
+        model = onnx.load(path)
+        (written,) = [prop.value for prop in model.metadata_props if prop.key == DIGEST_KEY]
+        del model.metadata_props[:]
+        assert written == hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+        assert model_digest(load_session(path)) == written
+        digests.append(written)
+    assert digests[0] != digests[1]  # the int8 twin is a model of its own
+    assert model_digest(load_session(served_model)) == ""  # exported before models carried one
