@@ -266,7 +266,7 @@ def test_sigterm_drains_grpc_and_loses_no_call(server, labelled):
     client = triton_grpc.InferenceServerClient(process.grpc_address)
     big = pixels_input(np.repeat(pixels[:1], 2048, axis=0))
     channel = grpc.insecure_channel(process.grpc_address)
-    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
