@@ -42,7 +42,12 @@ RESUMED_SETTINGS = dict(epochs=3, batch_size=32, seed=5, patience=3, elastic_alp
 
 
 def train_command(arrays, model_dir, checkpoint_dir, **settings):
-    options = [f"--{name.replace('_', '-')}={value}" for name, value in {**RESUMED_SETTINGS, **settings}.items()]
+    options = [
+        f"--{'' if value else 'no-'}{name.replace('_', '-')}"  # a bool is a flag
+        if isinstance(value, bool)
+        else f"--{name.replace('_', '-')}={value}"
+        for name, value in {**RESUMED_SETTINGS, **settings}.items()
+    ]
     return [
         sys.executable,
         "-m",
@@ -74,16 +79,22 @@ def kill_after_epoch(command, checkpoint, epochs_done):
 
 
 @pytest.mark.parametrize(
-    "ensemble_size, killed_member, ema_momentum, mixed_precision",
-    [(1, 0, 0.0, "off"), (2, 1, 0.0, "off"), (1, 0, 0.9, "on")],
+    "ensemble_size, killed_member, ema_momentum, mixed_precision, keep_epoch, member_splits",
+    [(1, 0, 0.0, "off", "best", False), (2, 1, 0.0, "off", "last", True), (1, 0, 0.9, "on", "best", False)],
 )
 def test_training_killed_after_an_epoch_resumes_to_the_uninterrupted_model(
-    tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum, mixed_precision
+    tmp_path, larger_arrays, ensemble_size, killed_member, ema_momentum, mixed_precision, keep_epoch, member_splits
 ):
     # With a weight average too: the raw weights it keeps between epochs, and its step, are in the checkpoint.
     # In mixed precision, killed in bfloat16: the resumed fit's last epoch is float32 as the uninterrupted one's.
+    # An ensemble keeping its last epochs, its second member on a split of its own, killed in that member.
     settings = dict(
-        ensemble_size=ensemble_size, ema_momentum=ema_momentum, mixed_precision=mixed_precision, float32_epochs=1
+        ensemble_size=ensemble_size,
+        ema_momentum=ema_momentum,
+        mixed_precision=mixed_precision,
+        float32_epochs=1,
+        keep_epoch=keep_epoch,
+        member_splits=member_splits,
     )
     command = train_command(larger_arrays, tmp_path / "resumed", tmp_path / "checkpoints", **settings)
     state = kill_after_epoch(command, tmp_path / "checkpoints" / f"round-0-member-{killed_member}.npz", 1)
