@@ -14,6 +14,7 @@ body is checked first with a real gRPC call, and ours counts its non-OK calls in
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -46,14 +47,17 @@ if header_length ~= "" then wrk.headers["Inference-Header-Content-Length"] = hea
 """
 
 
-def free_port():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        return listener.getsockname()[1]
+def free_ports(count):
+    """`count` distinct free ports (held open together while they are chosen, so none is picked twice)."""
+    with contextlib.ExitStack() as stack:
+        listeners = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for listener in listeners:
+            listener.bind(("127.0.0.1", 0))
+        return [listener.getsockname()[1] for listener in listeners]
 
 
 def start(kind, model):
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     if kind == "ours":
         command = [sys.executable, "-m", "serving", "--model", str(model), "--no-access-log"]
         command += ["--port", str(port), "--grpc-port", str(grpc_port)]

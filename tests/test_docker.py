@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, SERVE_IMAGE, docker, docker_build, run_module, unavailable
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_ports
 
 
 def test_pipeline_in_docker_gives_the_local_run_outputs(train_image, serve_image, tmp_path, fixture_data):
@@ -82,7 +82,7 @@ def test_serve_container_becomes_healthy_and_answers(serve_image, served_model, 
 def running(*arguments):
     """A serve container started with `docker run -d ARGUMENTS`, once healthy: yields its URL, id and gRPC address
     (both ports published on 127.0.0.1)."""
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     container = docker(
         "run", "-d", "-p", f"127.0.0.1:{port}:8080", "-p", f"127.0.0.1:{grpc_port}:8081", *arguments
     ).stdout.strip()

@@ -1,3 +1,4 @@
+import contextlib
 import socket
 import subprocess
 import sys
@@ -32,11 +33,20 @@ def free_port():
         return listener.getsockname()[1]
 
 
+def free_ports(count):
+    """`count` distinct free ports (held open together while they are chosen, so none is picked twice)."""
+    with contextlib.ExitStack() as stack:
+        listeners = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for listener in listeners:
+            listener.bind(("127.0.0.1", 0))
+        return [listener.getsockname()[1] for listener in listeners]
+
+
 @pytest.fixture
 def server(served_model, tmp_path, request):
     """The server as `make serve` starts it, on free ports (HTTP, and gRPC at `process.grpc_address`), once ready;
     extra flags by indirect parametrization."""
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     log = open(tmp_path / "server.log", "w+")  # a file, not a pipe: a full pipe would stall the server
     process = subprocess.Popen(
         [

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving import health_pb2, health_pb2_grpc
 from tests.conftest import ROOT
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_ports
 
 MODEL = "digit-recognizer"
 PROTOS = ("grpc_predict_v2", "health")
@@ -217,7 +217,7 @@ def health(address, service=""):
 
 
 def test_unavailable_until_the_model_is_loaded(tmp_path):
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model", str(tmp_path / "missing.onnx")]
         + ["--port", str(port), "--grpc-port", str(grpc_port)],
