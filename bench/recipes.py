@@ -5,19 +5,23 @@
     python bench/recipes.py score --leaderboard ../shared/tools/leaderboard
     python bench/recipes.py report
     python bench/recipes.py disagreements
+    python bench/recipes.py import RESULTS_JSON
 
 `train` runs the train step's own function (components.train.train) with the recipe's settings on the
 split that `seed` draws (as the pipeline does), predicts Kaggle's test images with the trained members
 averaged (the function that export converts to ONNX) and writes runs/recipes/RECIPE/seed-N/submission.csv,
-with the training wall time and validation accuracy in bench/results/recipes.json. `combine` averages
+and records the run in MLflow (experiment digit-recognizer-recipes of the store bench/results/recipes.db, committed:
+its settings as parameters, its training time, images and validation accuracy as metrics;
+`mlflow ui --backend-store-uri sqlite:///bench/results/recipes.db` shows them). `combine` averages
 models already trained (an ensemble, or one model with test-time augmentation) at no training cost; its
 time is the sum of its members'. `score` hands every submission to a scorer outside the project (Kaggle, or a
 stand-in for its public leaderboard) and records what it says, and for a recipe that keeps its last epoch, the
 score of its model at every 5th epoch (its learning curve: one run gives every point where the schedule does not
-depend on the total, as Deotte's does not). `report` prints the tables of docs/MODEL.md and plots leaderboard
-accuracy against training images, and the learning curves. Only scores on the leaderboard's 14,000 rows are
-reported (those on its earlier 7,000 stay in the results file). `disagreements` counts the test images the single
-models label differently, and draws some.
+depend on the total, as Deotte's does not), as metrics of its run. `report` reads the runs back
+(mlflow.search_runs), prints the tables of docs/MODEL.md and plots leaderboard accuracy against training images, and
+the learning curves. Only scores on the leaderboard's 14,000 rows are reported (those on its earlier 7,000, kept as
+they were in the JSON file of before, imported once with `import`, stay in the store with leaderboard_rows 7000).
+`disagreements` counts the test images the single models label differently, and draws some.
 A recipe already measured for a seed is not trained again, so the runs can be spread over sessions.
 """
 
@@ -144,7 +148,12 @@ RECIPES = {
         {"network": "compact", "epochs": 15, "batch_size": 128, "snapshots": 3},
     ),
 }
-RESULTS = Path("bench/results/recipes.json")
+# Every recipe's seed (and every combination) is an MLflow run of this experiment in this store, committed with the
+# project: its settings as parameters, its figures as metrics (the learning curve as one metric by epoch).
+STORE = "sqlite:///bench/results/recipes.db"
+EXPERIMENT = "digit-recognizer-recipes"
+METRICS = ("train_seconds", "images_seen", "validation_accuracy", "leaderboard", "leaderboard_rows")
+CURVE_METRIC = "leaderboard_by_epoch"
 RUNS = Path("runs/recipes")
 CURVE_EVERY = 5  # a recipe's models of every 5th epoch (and its last bfloat16 one) label the test images
 
@@ -171,12 +180,81 @@ def write_submission(labels, path):
     path.write_text("\n".join(lines) + "\n")
 
 
+def tracking_client():
+    import mlflow
+
+    mlflow.set_tracking_uri(STORE)
+    return mlflow.MlflowClient(STORE)
+
+
 def load_results():
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    """{recipe: {seed or "combined": result}} from the store's runs (mlflow.search_runs), each with its `run_id`."""
+    import mlflow
+
+    client = tracking_client()
+    results = {}
+    for run in mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list"):
+        tags, metrics = run.data.tags, run.data.metrics
+        result = {name: metrics[name] for name in METRICS if name in metrics}
+        result.update(
+            run_id=run.info.run_id,
+            description=tags["description"],
+            submission=tags["submission"],
+            epochs_run=json.loads(tags.get("epochs_run", "[]")),
+            **({"members": json.loads(tags["members"]), "tta": tags["tta"] == "True"} if "members" in tags else {}),
+        )
+        if CURVE_METRIC in metrics:
+            history = client.get_metric_history(run.info.run_id, CURVE_METRIC)
+            result["curve"] = {str(point.step): point.value for point in history}
+        results.setdefault(tags["recipe"], {})[tags["seed"]] = result
+    return results
 
 
-def save_results(results):
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+def record(name, seed, result):
+    """Write a recipe's seed (or a combination, seed "combined") as a finished run of EXPERIMENT; returns its id."""
+    from mlflow.entities import Param
+
+    client = tracking_client()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    tags = {
+        "recipe": name,
+        "seed": str(seed),
+        "description": result["description"],
+        "submission": result["submission"],
+        "epochs_run": json.dumps(result.get("epochs_run", [])),
+    }
+    if "members" in result:
+        tags.update(members=json.dumps(result["members"]), tta=str(result["tta"]))
+    run_id = client.create_run(experiment_id, run_name=f"{name}/{seed}", tags=tags).info.run_id
+    settings = {key: json.dumps(value) for key, value in result.get("settings", {}).items()}
+    client.log_batch(run_id, params=[Param(key, value) for key, value in {**settings, "seed": str(seed)}.items()])
+    add_figures(run_id, {key: result[key] for key in METRICS if key in result}, result.get("curve", {}))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def add_figures(run_id, metrics, curve):
+    """Log `metrics` (name -> number) and a learning `curve` (epoch -> leaderboard accuracy) into a recipe's run."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    points += [Metric(CURVE_METRIC, float(value), now, int(epoch)) for epoch, value in curve.items()]
+    tracking_client().log_batch(run_id, metrics=points)
+
+
+def import_results(path):
+    """Record the results file bench/recipes.py kept before its runs were MLflow's (each recipe's seeds not yet in
+    the store), so that no figure is lost."""
+    known = load_results()
+    for name, seeds in json.loads(Path(path).read_text()).items():
+        for seed, result in seeds.items():
+            if seed not in known.get(name, {}):
+                settings = RECIPES[name][1] if name in RECIPES else {}
+                leaderboard = {"leaderboard_rows": 7000} if "leaderboard" in result else {}  # its leaderboard then
+                record(name, seed, {"settings": settings, **leaderboard, **result})
+                print(f"imported {name}/{seed}")
 
 
 def train_snapshots(
@@ -291,16 +369,18 @@ def combine(name, members, tta):
         tensorflow_probabilities(inference_function(models, tta), test_images).argmax(axis=1), run / "submission.csv"
     )
     description = f"{' + '.join(members)}" + (" with test-time augmentation" if tta else "")
-    results = load_results()  # a training run may have written meanwhile
-    results.setdefault(name, {})["combined"] = {
-        "description": description,
-        "members": members,
-        "tta": tta,
-        "train_seconds": seconds,
-        "images_seen": images,
-        "submission": str(run / "submission.csv"),
-    }
-    save_results(results)
+    record(
+        name,
+        "combined",
+        {
+            "description": description,
+            "members": members,
+            "tta": tta,
+            "train_seconds": seconds,
+            "images_seen": images,
+            "submission": str(run / "submission.csv"),
+        },
+    )
 
 
 def leaderboard_accuracy(leaderboard, submission):
@@ -312,21 +392,18 @@ def leaderboard_accuracy(leaderboard, submission):
 
 def score(leaderboard):
     """Ask the external scorer about every submission not yet scored, and every epoch's of a learning curve."""
-    results = load_results()
-    for name, seeds in results.items():
+    for name, seeds in load_results().items():
         for seed, result in seeds.items():
             if "leaderboard" not in result:
                 accuracy, rows = leaderboard_accuracy(leaderboard, result["submission"])
-                result.update(leaderboard=accuracy, leaderboard_rows=rows)
-                print(f"{name} seed {seed}: {result['leaderboard']:.4%}")
+                add_figures(result["run_id"], {"leaderboard": accuracy, "leaderboard_rows": rows}, {})
+                print(f"{name} seed {seed}: {accuracy:.4%}")
             epochs = Path(result["submission"]).parent / "epochs"
             if epochs.is_dir() and "curve" not in result:
-                curve = {int(path.stem.split("-")[1]): path for path in epochs.glob("epoch-*.csv")}
-                result["curve"] = {
-                    str(epoch): leaderboard_accuracy(leaderboard, str(curve[epoch]))[0] for epoch in sorted(curve)
-                }
-                print(f"{name} seed {seed}, by epoch: {result['curve']}")
-    save_results(results)
+                submissions = {int(path.stem.split("-")[1]): path for path in epochs.glob("epoch-*.csv")}
+                curve = {epoch: leaderboard_accuracy(leaderboard, str(submissions[epoch]))[0] for epoch in submissions}
+                add_figures(result["run_id"], {}, curve)
+                print(f"{name} seed {seed}, by epoch: {dict(sorted(curve.items()))}")
 
 
 LEADERBOARD_ROWS = 14000  # the leaderboard's rows since #25; scores on its earlier 7,000 are not compared with them
@@ -527,17 +604,16 @@ def main(argv=None):
     )
     disagreements_parser.add_argument("--plot", default="docs/images/test_disagreements.png")
     disagreements_parser.add_argument("--test-csv", default="data/digit-recognizer/test.csv")
+    import_parser = commands.add_parser("import", help="record a results file of the JSON store kept before MLflow")
+    import_parser.add_argument("results_json")
     args = parser.parse_args(argv)
     if args.command == "train":
         for seed in args.seeds:
             for name in args.recipes:
-                results = load_results()
-                if str(seed) in results.get(name, {}):
+                if str(seed) in load_results().get(name, {}):
                     continue
                 result = train_recipe(name, seed, args.train_csv, args.test_csv)
-                results = load_results()  # another run may have written meanwhile
-                results.setdefault(name, {})[str(seed)] = result
-                save_results(results)
+                record(name, seed, result)
                 print(
                     f"{name} seed {seed}: validation {result['validation_accuracy']:.4%}, {result['train_seconds']} s",
                     flush=True,
@@ -546,6 +622,8 @@ def main(argv=None):
         combine(args.name, args.members, args.tta)
     elif args.command == "score":
         score(args.leaderboard)
+    elif args.command == "import":
+        import_results(args.results_json)
     elif args.command == "disagreements":
         disagreements(args.plot, args.test_csv)
     else:
