@@ -259,8 +259,8 @@ def train(
     curves_png: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> dict:
-    """Fit `ensemble_size` CNNs (seeds `seed`, `seed + 1`, ...), keep each one's best validation epoch, write them
-    and their histories.
+    """Fit `ensemble_size` CNNs (seeds `seed`, `seed + 1`, ...), keep each one's last (or best validation) epoch,
+    write them and their histories.
 
     The learning rate warms up for one epoch, then follows a cosine down to zero ("cosine"), stays
     at `learning_rate` ("constant"), or is multiplied by 0.95 after each epoch ("exponential", Chris Deotte's).

@@ -137,8 +137,9 @@ def parameter_options(parser: argparse.ArgumentParser, profile_default: str | No
         "--profile",
         choices=list(PROFILES),
         default=profile_default,
-        help="quick: one epoch of the first 8,400 rows, for demos and tests; default: one CNN, 15 epochs; "
-        "best: an ensemble of 5 CNNs in one ONNX model (default: default; with --resume, the run's)",
+        help="quick: one epoch of the first 8,400 rows, for demos and tests; default: one CNN, 45 epochs; "
+        "best: an ensemble of 5 CNNs, each on its own split, in one ONNX model (default: default; with --resume, "
+        "the run's)",
     )
     parser.add_argument(
         "--param",

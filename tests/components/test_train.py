@@ -270,6 +270,7 @@ def test_training_with_a_weight_average_saves_the_averaged_best_epoch(tmp_path, 
         patience=3,
         ema_momentum=0.9,
         mixed_precision="off",
+        keep_epoch="best",
     )
     (model,) = load_models(tmp_path / "m")
     images, labels = load_arrays(arrays["validation"], "images", "labels")
