@@ -282,8 +282,10 @@ def test_page_and_openapi_docs(client):
 
 def test_metrics_count_requests_and_batches(client):
     client.get("/v2/health/live")
+    client.post(INFER, json=v2_request(np.zeros((1, 784), np.uint8)))
     text = client.get("/metrics").text
     assert 'requests_total{route="/v2/health/live",status="200"}' in text
+    assert 'requests_total{route="/v2/models/{name}/infer",status="200"}' in text
     assert "request_seconds_bucket" in text and "batch_images_count" in text
 
 
