@@ -237,7 +237,7 @@ def train(
     model_dir: str | Path,
     history_path: str | Path | None = None,
     network: str = "deotte",
-    epochs: int = 15,
+    epochs: int = 45,
     batch_size: int = 128,
     learning_rate: float = 0.003,
     learning_rate_schedule: str = "cosine",
@@ -255,7 +255,7 @@ def train(
     pseudo_label_confidence: float = 0.85,
     mixed_precision: str = "auto",
     float32_epochs: int = 3,
-    keep_epoch: str = "best",
+    keep_epoch: str = "last",
     curves_png: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> dict:
