@@ -58,6 +58,12 @@ def predict(session, images, batch_size=1024):
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
+def model_version(session):
+    """The version a server reports for the model of `session`: the first 12 hex digits of its digest (as a short
+    commit id names a commit; the registered version in MLflow records the whole digest), "1" without one."""
+    return model_digest(session)[:12] or "1"
+
+
 def model_digest(session):
     """The identity export wrote into the model of `session` (a `load_session`): its SHA-256, in hex; "" for a model
     written without one."""

@@ -27,7 +27,9 @@ from serving.model_server import SERVER_METADATA, ModelServer, access_log
 from serving.protocol import infer_response, parse_infer_request, pixels_from_array
 
 STATIC = Path(__file__).parent / "static"
-INFER_PATH = "/v2/models/{name}/infer"
+MODEL_PATH = "/v2/models/{name}"
+VERSION_PATH = "/v2/models/{name}/versions/{version}"  # the same routes for a version: the served one only
+INFER_PATHS = {False: MODEL_PATH + "/infer", True: VERSION_PATH + "/infer"}  # versioned or not
 _LONG_NUMBER = re.compile(r"\d{10}")
 
 
@@ -106,47 +108,58 @@ def create_app(model_path: str | Path, grpc_address: str | None = None, **settin
     async def ready():
         return JSONResponse({"ready": server.serving}, status_code=200 if server.serving else 400)
 
-    @app.get("/v2/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
-    async def model_metadata(name: str):
-        server.check_model_name(name)
+    @app.get(MODEL_PATH, summary="Model metadata: its version, inputs, outputs, datatypes, shapes")
+    @app.get(VERSION_PATH, summary="Model metadata of a version (the served one)")
+    async def model_metadata(name: str, version: str = ""):
+        server.check_model(name, version)
         return server.model_metadata()
 
-    @app.get("/v2/models/{name}/ready", summary="Model readiness")
-    async def model_ready(name: str):
-        server.check_model_name(name)
+    @app.get(MODEL_PATH + "/ready", summary="Model readiness")
+    @app.get(VERSION_PATH + "/ready", summary="Readiness of a version (the served one)")
+    async def model_ready(name: str, version: str = ""):
+        server.check_model(name, version)
         return JSONResponse({"name": server.name, "ready": server.ready}, status_code=200 if server.ready else 400)
 
     async def infer(request: Request):
         """V2 inference (JSON tensors or the binary tensor extension)."""
-        request.scope["route"] = infer_route  # the metrics' label (FastAPI's router names only its own routes)
-        server.check_model_name(request.path_params["name"])
+        # The metrics' label (FastAPI's router names only its own routes).
+        request.scope["route"] = infer_routes["version" in request.path_params]
+        server.check_model(request.path_params["name"], request.path_params.get("version", ""))
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise BadRequest("Inference-Header-Content-Length must be a whole number")
         body = await read_body(server, request)
         request_id, images, outputs, binary = parse_infer_request(body, int(header_length) if header_length else None)
         probabilities, labels = await server.infer(images)
-        content, headers = infer_response(server.name, request_id, probabilities, labels, outputs, binary)
+        content, headers = infer_response(
+            server.name, server.version, request_id, probabilities, labels, outputs, binary
+        )
         media_type = "application/octet-stream" if binary else "application/json"
         return Response(content, media_type=media_type, headers=headers)
 
     # A route of Starlette's, not FastAPI's, on the hot path: without FastAPI's handling of each request (its
     # dependency machinery), V2 JSON at concurrency 64 answered 864-1,010 requests/s, not 689-896 (wrk, three
     # alternating runs beside a training). The OpenAPI document lists it by hand (openapi below).
-    infer_route = Route(INFER_PATH, infer, methods=["POST"])
-    app.router.routes.append(infer_route)
+    infer_routes = {versioned: Route(path, infer, methods=["POST"]) for versioned, path in INFER_PATHS.items()}
+    app.router.routes.extend(infer_routes.values())
 
     def openapi():
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema["paths"][INFER_PATH] = {
-                "post": {
-                    "summary": "V2 inference (JSON tensors or the binary tensor extension)",
-                    "operationId": "infer",
-                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "the output tensors"}},
+            for versioned, path in INFER_PATHS.items():
+                parameters = ["name", "version"] if versioned else ["name"]
+                schema["paths"][path] = {
+                    "post": {
+                        "summary": "V2 inference (JSON tensors or the binary tensor extension)"
+                        + (" by a version (the served one)" if versioned else ""),
+                        "operationId": "infer_version" if versioned else "infer",
+                        "parameters": [
+                            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                            for name in parameters
+                        ],
+                        "responses": {"200": {"description": "the output tensors"}},
+                    }
                 }
-            }
         return app.openapi_schema
 
     app.openapi = openapi

@@ -83,7 +83,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @served
     async def ModelReady(self, request, context):
-        self.server.check_model_name(request.name)
+        self.server.check_model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.server.ready)
 
     @served
@@ -92,7 +92,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @served
     async def ModelMetadata(self, request, context):
-        self.server.check_model_name(request.name)
+        self.server.check_model(request.name, request.version)
         metadata = self.server.model_metadata()
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -105,13 +105,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     @served
     async def ModelInfer(self, request, context):
-        self.server.check_model_name(request.model_name)
+        self.server.check_model(request.model_name, request.model_version)
         images = request_images(request)
         probabilities, labels = await self.server.infer(images)
         outputs = output_tensors(probabilities, labels, [output.name for output in request.outputs])
         return pb.ModelInferResponse(
             model_name=self.server.name,
-            model_version="1",
+            model_version=self.server.version,
             id=request.id,
             outputs=[
                 pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=values.shape)

@@ -10,7 +10,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from common.errors import InputError
-from common.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session
+from common.onnx_model import INPUT_NAME, OUTPUT_NAMES, load_session, model_version
 from serving.errors import BadRequest
 
 access_log = logging.getLogger("serving.access")
@@ -45,6 +45,7 @@ class ModelServer:
         self.max_batch_size, self.max_wait_ms = max_batch_size, max_wait_ms
         self.max_images, self.max_body_bytes = max_images, max_body_bytes
         self.session, self.batcher, self.ready, self.draining, self.stopping = None, None, False, False, False
+        self.version = ""  # the model's (common.onnx_model.model_version), once loaded
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "requests",
@@ -73,7 +74,7 @@ class ModelServer:
         session = load_session(self.model_path, self.threads, spin=False)
         for size in (1, self.max_batch_size):
             session.run(None, {INPUT_NAME: np.zeros((size, 28, 28, 1), np.float32)})
-        self.session = session
+        self.session, self.version = session, model_version(session)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, labels = self.session.run(OUTPUT_NAMES, {INPUT_NAME: images})
@@ -91,14 +92,18 @@ class ModelServer:
             raise BadRequest(f"a batch of {len(images)} images is over the limit of {self.max_images}", status=413)
         return await self.batcher.infer(images)
 
-    def check_model_name(self, name: str) -> None:
+    def check_model(self, name: str, version: str = "") -> None:
+        """Refuse another model, or (`version` given) another version of it than the one served."""
         if name != self.name:
             raise BadRequest(f"unknown model {name!r}: this server serves {self.name!r}", status=404)
+        if version and version != self.version:
+            served = f"version {self.version!r}" if self.version else "a model not loaded yet"
+            raise BadRequest(f"unknown version {version!r} of {name!r}: this server serves {served}", status=404)
 
     def model_metadata(self) -> dict:
         return {
             "name": self.name,
-            "versions": ["1"],
+            "versions": [self.version] if self.version else [],
             "platform": "onnxruntime_onnx",
             "inputs": INPUTS,
             "outputs": OUTPUTS,

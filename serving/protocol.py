@@ -142,6 +142,7 @@ def output_tensors(
 
 def infer_response(
     model_name: str,
+    model_version: str,
     request_id: str | None,
     probabilities: np.ndarray,
     labels: np.ndarray,
@@ -159,7 +160,7 @@ def infer_response(
         else:
             output["data"] = values.ravel()
         outputs.append(output)
-    response = {"model_name": model_name, "model_version": "1", "outputs": outputs}
+    response = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request_id is not None:
         response["id"] = request_id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)

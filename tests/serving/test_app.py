@@ -362,3 +362,37 @@ def test_a_triton_model_repository_serves_its_models_highest_version(tmp_path, s
     (folder / "2").mkdir()
     shutil.copyfile(served_model, folder / "2" / "model.onnx")
     assert model_file(tmp_path) == folder / "2" / "model.onnx"
+
+
+def test_the_server_reports_the_version_the_model_carries(tmp_path, served_model, digits):
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from common.onnx_model import DIGEST_KEY
+    from serving.app import create_app
+
+    digest = "9f2c" * 16  # what export writes: the model's SHA-256 (components.export.with_digest)
+    model = onnx.load(served_model)
+    model.metadata_props.add(key=DIGEST_KEY, value=digest)
+    onnx.save(model, tmp_path / "model.onnx")
+    version = digest[:12]
+    with TestClient(create_app(tmp_path / "model.onnx")) as client:
+        wait_until_ready(client)
+        assert client.get("/v2/models/digit-recognizer").json()["versions"] == [version]
+        assert client.get(f"/v2/models/digit-recognizer/versions/{version}").json()["versions"] == [version]
+        assert client.get(f"/v2/models/digit-recognizer/versions/{version}/ready").json()["ready"] is True
+        _, pixels = digits
+        for path in (INFER, f"/v2/models/digit-recognizer/versions/{version}/infer"):
+            answer = client.post(path, json=v2_request(pixels[:2]))
+            assert answer.status_code == 200 and answer.json()["model_version"] == version, path
+        for answer in (
+            client.get("/v2/models/digit-recognizer/versions/1"),
+            client.get("/v2/models/digit-recognizer/versions/1/ready"),
+            client.post("/v2/models/digit-recognizer/versions/1/infer", json=v2_request(pixels[:1])),
+        ):
+            assert answer.status_code == 404
+            assert answer.json() == {
+                "error": f"unknown version '1' of 'digit-recognizer': this server serves version '{version}'"
+            }
+        metrics = client.get("/metrics").text
+        assert 'route="/v2/models/{name}/versions/{version}/infer",status="200"} 1.0' in metrics

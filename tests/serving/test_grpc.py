@@ -127,6 +127,12 @@ def test_health_metadata_and_inference_with_tritons_client(server, labelled):
         ("pixels", "FP32", [-1, 28, 28, 1])
     ]
     assert [tensor.name for tensor in model.outputs] == ["probabilities", "label"]
+    assert list(model.versions) == ["1"]  # a model without the identity export writes (tests/test_app.py has one)
+    versioned = client.infer(MODEL, [pixels_input(pixels[:2])], model_version="1")
+    assert versioned.get_response().model_version == "1" and client.is_model_ready(MODEL, "1")
+    with pytest.raises(InferenceServerException, match="unknown version '2' of 'digit-recognizer'") as error:
+        client.infer(MODEL, [pixels_input(pixels[:2])], model_version="2")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
     for datatype, values in (("UINT8", pixels), ("FP32", pixels.astype(np.float32).reshape(-1, 28, 28, 1))):
         result = client.infer(MODEL, [pixels_input(values, datatype)], request_id="g-7")
         assert result.get_response().id == "g-7" and result.get_response().model_name == MODEL

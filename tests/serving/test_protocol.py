@@ -80,12 +80,12 @@ def test_binary_size_must_match_shape():
 def test_response_json_and_binary():
     probabilities = np.eye(10, dtype=np.float32)[[3, 7]]
     labels = np.array([3, 7])
-    body, headers = infer_response("m", "id-1", probabilities, labels)
+    body, headers = infer_response("m", "9f2c", "id-1", probabilities, labels)
     document = orjson.loads(body)
     assert headers == {} and document["id"] == "id-1" and document["model_name"] == "m"
     assert document["outputs"][1] == {"name": "label", "shape": [2], "datatype": "INT64", "data": [3, 7]}
     assert document["outputs"][0]["shape"] == [2, 10] and len(document["outputs"][0]["data"]) == 20
-    body, headers = infer_response("m", None, probabilities, labels, ["label"], binary=True)
+    body, headers = infer_response("m", "9f2c", None, probabilities, labels, ["label"], binary=True)
     length = int(headers["Inference-Header-Content-Length"])
     header = orjson.loads(body[:length])
     assert "id" not in header
@@ -94,4 +94,4 @@ def test_response_json_and_binary():
     ]
     np.testing.assert_array_equal(np.frombuffer(body[length:], "<i8"), labels)
     with pytest.raises(BadRequest, match="unknown output 'logits'"):
-        infer_response("m", None, probabilities, labels, ["logits"])
+        infer_response("m", "9f2c", None, probabilities, labels, ["logits"])
