@@ -17,7 +17,9 @@ step in its container, and copies what a user wants into `--out` (default runs/<
 runs/latest pointing at the newest): runner/local.py. The run folder also holds run.json (what made the run),
 run.log (everything the steps printed) and, until the run succeeds, kfp.local's pipeline root with
 training's checkpoints, from which `--resume` goes on after an interruption. `--deploy NAME` adds a step
-behind the accuracy gate: KServe serves the model as the InferenceService NAME (components/deploy.py).
+behind the accuracy gate: KServe serves the model as the InferenceService NAME (components/deploy.py). The
+`register` step behind the gate makes the model a version in MLflow's model registry when the run is tracked in
+MLflow (components/tracking.py: as KFP's MLflow plugin tracks it on a cluster, and `run` on this machine).
 
 This module imports kfp and kfp-kubernetes only: compiling and submitting need no TensorFlow, pandas or numpy.
 """

@@ -26,8 +26,6 @@ ARTIFACTS_FOLDER = "mlartifacts"  # its artifacts, beside it
 # A tracking server that does not answer must not hold a step up: one try, 10 s at most (MLflow's defaults are
 # 7 retries with backoff and 120 s a request, minutes per call).
 REQUEST_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-# The variables KFP's backend sets in a task's container, besides credentials.
-TASK_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_WORKSPACE")
 
 _failed = False  # set by the first failure: this process then stops calling MLflow
 
@@ -77,7 +75,7 @@ def _guarded(call):
 
 @_guarded
 def log_params(params: dict) -> None:
-    """Log `params` (name -> value) into the task's run; names KFP's launcher logs (the task's inputs) are refused."""
+    """Log `params` (name -> value) into the task's run: never an input's name, which KFP's launcher logs."""
     if run_id := task_run():
         from mlflow.entities import Param
 
@@ -116,6 +114,7 @@ def log_onnx_model(onnx_path: str | Path, name: str, example_images) -> str | No
         return None
     import numpy as np
     import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
     from mlflow.onnx import log_model
 
@@ -132,7 +131,7 @@ def log_onnx_model(onnx_path: str | Path, name: str, example_images) -> str | No
         input_example=pixels,
         save_as_external_data=False,  # one small file, as the pipeline writes it
         onnx_execution_providers=["CPUExecutionProvider"],  # as scoring and serving run it
-        pip_requirements=[f"onnxruntime=={_version('onnxruntime')}", f"onnx=={onnx.__version__}"],
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
     )
     return info.model_uri
 
@@ -159,12 +158,6 @@ def parent_run() -> str | None:
 @_guarded
 def _parent_run(run_id: str) -> str | None:
     return _client().get_run(run_id).data.tags.get("mlflow.parentRunId")
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version(package)
 
 
 # The backend's side: what KFP's API server, driver and launcher do, for the local runner (and runs of bench/).

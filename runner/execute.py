@@ -38,9 +38,7 @@ def execute(
     run's MLflow run, from components.tracking.start_run), each task gets a nested run of its own."""
     runner = docker_runner(gpus, label) if docker_image else local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=pipeline_root, raise_on_error=True, enable_caching=True)
-    # A container reaches a tracking server, not this machine's SQLite file (nor its 127.0.0.1).
-    variables_reach_the_steps = not docker_image or mlflow_run["tracking_uri"].startswith(("http:", "https:"))
-    with tracked_tasks(mlflow_run, variables_reach_the_steps) if mlflow_run else contextlib.nullcontext():
+    with tracked_tasks(mlflow_run, steps_reach(mlflow_run, docker_image)) if mlflow_run else contextlib.nullcontext():
         run = pipeline.build_pipeline(docker_image or pipeline.DEFAULT_IMAGE)(**arguments)
     outputs = {name: run.outputs[name].path for name in pipeline.PipelineOutputs._fields}
     Path(outputs_json).write_text(json.dumps(outputs))
@@ -77,6 +75,12 @@ def tracked_tasks(pipeline_run: dict, hand_variables: bool = True):
         yield
     finally:
         task_dispatcher.run_single_task_implementation = execute_task
+
+
+def steps_reach(mlflow_run: dict, docker_image: str | None) -> bool:
+    """Whether the steps can log into `mlflow_run`'s store: a container reaches a tracking server, not this
+    machine's SQLite file (nor its 127.0.0.1)."""
+    return not docker_image or mlflow_run["tracking_uri"].startswith(("http:", "https:"))
 
 
 def task_name(component_name: str, arguments: dict) -> str:

@@ -1,5 +1,5 @@
 """components/tracking.py: silent without MLflow's variables, one warning line with a failing server, and a finished
-run (a benchmark's) recorded in a real server. The pipeline's runs in MLflow: tests/runner/test_tracking.py."""
+run (a benchmark's) recorded in a real server. The pipeline's runs in MLflow: tests/runner/test_tracked_runs.py."""
 
 import os
 import subprocess

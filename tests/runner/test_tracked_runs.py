@@ -60,10 +60,8 @@ def check_tracked_run(tracking_uri, out):
     assert parent.data.params == {name: str(value) for name, value in record["parameters"].items()}
     assert parent.data.tags["train_csv_sha256"] == record["data"]["sha256"]["train.csv"]
     assert parent.data.tags["mlflow.source.git.commit"] == record["code"]["commit"]
-    nested = {
-        run.info.run_name: run
-        for run in client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    }
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    nested = {run.info.run_name: run for run in reversed(runs)}  # the newest of each name (newest first in `runs`)
     assert set(nested) == EXPECTED_RUNS | EXPECTED_SHARDS
     assert {run.info.status for run in nested.values()} == {"FINISHED"}
     # As KFP's launcher logs them: the task's input parameters, JSON-encoded, and its Metrics' scalars.
@@ -74,12 +72,15 @@ def check_tracked_run(tracking_uri, out):
     metrics = json.loads((out / "metrics.json").read_text())
     assert nested["evaluate"].data.metrics["accuracy"] == pytest.approx(metrics["accuracy"])
     assert nested["evaluate"].data.metrics["f1_3"] == pytest.approx(metrics["per_class"]["3"]["f1"])
-    # Train's per-epoch figures, at step = epoch.
+    # Train's per-epoch figures, at step = epoch (each epoch once, over a resumed run's two train runs).
     history = json.loads((out / "history.json").read_text())["members"][0]
+    trains = [run.info.run_id for run in runs if run.info.run_name == "train"]
     for name in ("loss", "val_accuracy", "learning_rate", "images_per_second"):
-        points = client.get_metric_history(train.info.run_id, name)
-        assert [point.step for point in points] == list(range(len(history[name]))), name
-        assert [point.value for point in points] == pytest.approx(history[name]), name
+        points = sorted(
+            (point.step, point.value) for run_id in trains for point in client.get_metric_history(run_id, name)
+        )
+        assert [step for step, _ in points] == list(range(len(history[name]))), name
+        assert [value for _, value in points] == pytest.approx(history[name]), name
 
     def files(step):
         return {item.path for item in client.list_artifacts(nested[step].info.run_id)}
@@ -87,11 +88,11 @@ def check_tracked_run(tracking_uri, out):
     assert "training_curves.png" in files("train")
     assert {"metrics.json", "confusion_matrix.png"} <= files("evaluate")
     assert "report.html" in files("report")
-    models = client.search_logged_models([parent.info.experiment_id])
-    assert {(model.name, model.source_run_id) for model in models} == {
-        ("model", nested["export"].info.run_id),
-        ("model-int8", nested["export"].info.run_id),
-    }
+    models = client.search_logged_models([parent.info.experiment_id])  # the experiment's: other runs' too
+    assert sorted(model.name for model in models if model.source_run_id == nested["export"].info.run_id) == [
+        "model",
+        "model-int8",
+    ]
     # The accepted model's registered version: its run, accuracy, data and identity; run.json and the report name it.
     (version,) = client.search_model_versions(
         f"name = 'digit-recognizer' and tags.pipeline_run_id = '{parent.info.run_id}'"
@@ -133,3 +134,57 @@ def test_a_failing_tracking_server_costs_the_run_one_warning_line(failing_tracki
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "succeeded" and record["mlflow"] is None and "registered_model" not in record
     assert (out / "submission.csv").is_file()
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run_and_compares_with_another(uninterrupted_run, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    import mlflow
+
+    out = uninterrupted_run[0].parent / "resumed"  # the same store as the uninterrupted run's
+    data = ROOT / "tests" / "fixtures" / "digit-recognizer"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    process = subprocess.Popen(
+        [sys.executable, "pipeline.py", "run", "--data", str(data), "--out", str(out), *SMALL_RUN],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:  # until training has finished two epochs (or the run ended)
+        if line.strip().startswith("epoch 2/6"):
+            break
+    process.send_signal(signal.SIGINT)
+    process.stdout.read()
+    assert process.wait(timeout=60) == 130
+    resumed = subprocess.run(
+        [sys.executable, "pipeline.py", "run", "--resume", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    store = f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
+    client, _ = check_tracked_run(store, out)
+    record = json.loads((out / "run.json").read_text())
+    trains = client.search_runs(
+        [record["mlflow"]["experiment_id"]],
+        f"tags.mlflow.parentRunId = '{record['mlflow']['run_id']}' and attributes.run_name = 'train'",
+    )
+    assert sorted(run.info.status for run in trains) == ["FINISHED", "KILLED"]  # the interrupted attempt's, and this
+    # one's, which logged the epochs after the interrupted one's (check_tracked_run: each epoch once).
+    # Two runs side by side, as a team compares them: the same settings, and the same model in the registry.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    runs = mlflow.search_runs(
+        experiment_names=["digit-recognizer"],
+        filter_string="tags.profile = 'quick'",  # the pipeline runs' own
+    )
+    assert sorted(runs["tags.mlflow.runName"]) == ["resumed", "uninterrupted"]
+    assert set(runs["params.epochs"]) == {"6"} and set(runs["status"]) == {"FINISHED"}
+    versions = client.search_model_versions("name = 'digit-recognizer'")
+    assert len({version.tags["onnx_sha256"] for version in versions}) == 1  # the resumed run's model is bit-identical
