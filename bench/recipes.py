@@ -18,7 +18,7 @@ time is the sum of its members'. `score` hands every submission to a scorer outs
 stand-in for its public leaderboard) and records what it says, and for a recipe that keeps its last epoch, the
 score of its model at every 5th epoch (its learning curve: one run gives every point where the schedule does not
 depend on the total, as Deotte's does not), as metrics of its run. `report` reads the runs back
-(mlflow.search_runs), prints the tables of docs/MODEL.md and plots leaderboard accuracy against training images, and
+(MLflow's search_runs), prints the tables of docs/MODEL.md and plots leaderboard accuracy against training images, and
 the learning curves. Only scores on the leaderboard's 14,000 rows are reported (those on its earlier 7,000, kept as
 they were in the JSON file of before, imported once with `import`, stay in the store with leaderboard_rows 7000).
 `disagreements` counts the test images the single models label differently, and draws some.
@@ -181,19 +181,19 @@ def write_submission(labels, path):
 
 
 def tracking_client():
+    """MLflow's client of the store (not mlflow.set_tracking_uri: the process's other MLflow calls keep theirs)."""
     import mlflow
 
-    mlflow.set_tracking_uri(STORE)
     return mlflow.MlflowClient(STORE)
 
 
 def load_results():
-    """{recipe: {seed or "combined": result}} from the store's runs (mlflow.search_runs), each with its `run_id`."""
-    import mlflow
-
+    """{recipe: {seed or "combined": result}} from the store's runs (searched by MLflow's client), each with its
+    `run_id`."""
     client = tracking_client()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
     results = {}
-    for run in mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list"):
+    for run in client.search_runs([experiment.experiment_id], max_results=50000) if experiment else []:
         tags, metrics = run.data.tags, run.data.metrics
         result = {name: metrics[name] for name in METRICS if name in metrics}
         result.update(

@@ -33,9 +33,8 @@ def test_a_recipes_run_reads_back_with_its_scores_and_learning_curve(recipes):
     read = recipes.load_results()["deotte_recipe_45"]["42"]
     assert read["run_id"] == run_id and read["epochs_run"] == [45] and read["submission"] == result["submission"]
     assert read["leaderboard"] == 0.9953 and read["curve"] == {"15": 0.9934, "45": 0.9953}
-    import mlflow
-
-    (run,) = mlflow.search_runs(experiment_names=[recipes.EXPERIMENT], output_format="list")
+    client = recipes.tracking_client()
+    (run,) = client.search_runs([client.get_experiment_by_name(recipes.EXPERIMENT).experiment_id])
     assert run.data.params == {"epochs": "45", "affine": '{"shear_degrees": 0}', "seed": "42"}
     assert run.info.run_name == "deotte_recipe_45/42" and run.info.status == "FINISHED"
     (row,) = recipes.summary(recipes.load_results())
