@@ -195,11 +195,13 @@ def test_sigterm_stops_the_runs_steps_alone_and_leaves_the_callers_state(tmp_pat
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the caller's own child
     steps = []
 
+    earlier = set(descendants(os.getpid()))  # the caller's, with the bystander (an earlier test's server, say)
+
     def stop_when_training():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if (out / "run.log").is_file() and "##step## train progress epoch 1/" in (out / "run.log").read_text():
-                steps.extend(pid for pid in descendants(os.getpid()) if pid != bystander.pid)
+                steps.extend(pid for pid in descendants(os.getpid()) if pid not in earlier)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             time.sleep(0.1)

@@ -86,7 +86,7 @@ def test_submit_with_a_profile_and_the_kaggle_download(kfp_api):
     run = json.loads(
         next(body for method, path, _, body, _ in api.requests if method == "POST" and path == "/apis/v2beta1/runs")
     )
-    assert run["runtime_config"]["parameters"] == {"ensemble_size": 5}
+    assert run["runtime_config"]["parameters"] == pipeline.PROFILES["best"]
     # With Kubernetes settings kfp.Client sends {"pipeline_spec": ..., "platform_spec": ...} as the pipeline_spec.
     assert "download-component" in run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
     platform = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
