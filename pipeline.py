@@ -62,6 +62,7 @@ class PipelineOutputs(NamedTuple):
 
     onnx_model: Model
     int8_model: Model
+    triton_repository: Model
     keras_model: Model
     history: Artifact
     metrics: Artifact
@@ -291,6 +292,7 @@ def build_pipeline(
                     "deploy",
                     parameters,
                     onnx_model=exported.outputs["onnx_model"],
+                    triton_repository=exported.outputs["triton_repository"],
                     service_name=deploy_to.name,
                     namespace=deploy_to.namespace,
                     image=deploy_to.image,
@@ -312,6 +314,7 @@ def build_pipeline(
         return PipelineOutputs(
             onnx_model=exported.outputs["onnx_model"],
             int8_model=exported.outputs["int8_model"],
+            triton_repository=exported.outputs["triton_repository"],
             keras_model=trained.outputs["model"],
             history=trained.outputs["history"],
             metrics=evaluated.outputs["metrics_json"],

@@ -137,10 +137,11 @@ def export_component(
     tolerance: float,
     onnx_model: Output[Model],
     int8_model: Output[Model],
+    triton_repository: Output[Model],
     parity_metrics: Output[Metrics],
 ):
     """Convert the members to one ONNX model with tf2onnx; fail unless onnxruntime matches TensorFlow on the
-    validation set; quantize to int8."""
+    validation set; quantize to int8; lay the model out as Triton's model repository (KServe's stock runtime)."""
     given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
@@ -156,9 +157,11 @@ def export_component(
         validation_data=validation_data.path,
         onnx_model=onnx_model.path,
         int8_model=int8_model.path,
+        triton_repository=triton_repository.path,
     )
-    for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8")):
+    for artifact, precision in ((onnx_model, "fp32"), (int8_model, "int8"), (triton_repository, "fp32")):
         artifact.metadata.update(framework="onnx", precision=precision, input="pixels", outputs="probabilities,label")
+    triton_repository.metadata["layout"] = "triton model repository"
     onnx_model.metadata["mlflow_model_uri"] = parity.pop("mlflow_model_uri")  # what the register step registers
     for name, value in parity.items():
         parity_metrics.log_metric(name, value)
@@ -345,14 +348,16 @@ def report_component(
 
 def deploy_component(
     onnx_model: Input[Model],
+    triton_repository: Input[Model],
     service_name: str,
     namespace: str,
     image: str,
     canary_traffic_percent: int,
     deployment: Output[Artifact],
 ) -> str:
-    """Serve the model with KServe: create or update the InferenceService `service_name` (its storage URI the
-    model's), wait until Ready; returns its URL."""
+    """Serve the model with KServe: create or update the InferenceService `service_name`, wait until Ready; returns
+    its URL. Our serve `image` reads the model from its URI; without an image KServe's stock ONNX runtime (Triton)
+    reads the model repository's."""
     given = dict(locals())  # the parameters as KFP passed them, before any other name is bound
     from components import progress
 
@@ -360,7 +365,8 @@ def deploy_component(
     from components.cli import run_step
     from components.deploy import deploy
 
-    result = run_step(deploy, given, name=service_name, storage_uri=onnx_model.uri, result_json=deployment.path)
+    storage_uri = onnx_model.uri if image else triton_repository.uri
+    result = run_step(deploy, given, name=service_name, storage_uri=storage_uri, result_json=deployment.path)
     deployment.metadata.update(result)
     progress.done()
     return result["url"]
@@ -398,7 +404,8 @@ FUNCTION_ARGUMENTS = {
     },
     "score": {"score_with_int8": "onnx_model"},  # which of the two models the function scores with
     "register": {"onnx_model": "model_uri"},  # its MLflow URI, which export put in the model's metadata
-    "deploy": {"service_name": "name", "onnx_model": "storage_uri"},  # KServe copies the model from its URI
+    # KServe copies the model from its URI: our image's, or the Triton repository's for KServe's stock runtime.
+    "deploy": {"service_name": "name", "onnx_model": "storage_uri", "triton_repository": "storage_uri"},
 }
 # The step functions' options that a pipeline leaves at their defaults.
 FUNCTION_DEFAULTS_KEPT = {

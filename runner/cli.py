@@ -219,6 +219,14 @@ def cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deploy-namespace", default="", metavar="NS", help="the InferenceService's namespace (default: the run's)"
     )
+    parser.add_argument(
+        "--deploy-runtime",
+        choices=DEPLOY_RUNTIMES,
+        default=DEPLOY_RUNTIMES[0],
+        help=f"what serves it: {DEPLOY_RUNTIMES[0]}, our image, reading model.onnx; or {DEPLOY_RUNTIMES[1]}, "
+        "KServe's stock runtime for ONNX (Triton), reading the Triton model repository export writes "
+        "(default: %(default)s)",
+    )
 
 
 def gpu_count(text: str) -> int:
@@ -247,8 +255,13 @@ def toleration(text: str) -> pipeline.Toleration:
     return parsed
 
 
+# What serves a deployed model: our serve image, or KServe's stock ONNX runtime (components.deploy, image "").
+DEPLOY_RUNTIMES = ("serve-image", "kserve-tritonserver")
+
+
 def deploy_target(args: argparse.Namespace) -> pipeline.DeployTarget | None:
-    """The DeployTarget of `--deploy` (None without it): the serve image named like the training image."""
+    """The DeployTarget of `--deploy` (None without it): the serve image named like the training image, or none for
+    KServe's stock runtime."""
     if not args.deploy:
         return None
     from components.deploy import DeployError, check_name
@@ -257,6 +270,7 @@ def deploy_target(args: argparse.Namespace) -> pipeline.DeployTarget | None:
         check_name(args.deploy)
     except DeployError as error:
         raise SystemExit(f"error: --deploy: {error}") from None
-    return pipeline.DeployTarget(
-        args.deploy, args.deploy_namespace, f"{args.image_prefix}{SERVE_IMAGE_NAME}:{args.tag}"
+    serve_image = (
+        f"{args.image_prefix}{SERVE_IMAGE_NAME}:{args.tag}" if args.deploy_runtime == DEPLOY_RUNTIMES[0] else ""
     )
+    return pipeline.DeployTarget(args.deploy, args.deploy_namespace, serve_image)

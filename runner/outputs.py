@@ -6,11 +6,15 @@ from pathlib import Path
 
 from pipeline import PIPELINE_NAME
 
+# The folder holding Triton's model repository of model.onnx (components/triton_repository.py).
+TRITON_REPOSITORY = "triton"
 # The pipeline's outputs (pipeline.PipelineOutputs) -> the file names in the run folder. Of a folder (the Keras
-# models, `{keras}`: components.train's MODEL_FILE, one file per member of the ensemble) each file of that name.
+# models, `{keras}`: components.train's MODEL_FILE, one file per member of the ensemble) each file of that name;
+# the Triton repository, a tree of folders, is copied whole.
 RUN_FILES = {
     "onnx_model": "model.onnx",
     "int8_model": "model.int8.onnx",
+    "triton_repository": TRITON_REPOSITORY,
     "keras_model": "{keras}",
     "history": "history.json",
     "metrics": "metrics.json",
@@ -23,8 +27,6 @@ GATED_RUN_FILES = {
     ("report", "report"): "report.html",
     ("report", "test_samples"): "test_samples.png",
 }
-# The folder holding Triton's model repository of model.onnx (components/triton_repository.py).
-TRITON_REPOSITORY = "triton"
 # What each file of a run folder is, as the end of a run lists them.
 RUN_FILE_WHAT = {
     "submission.csv": "Kaggle's submission (make kaggle-submit sends it)",
@@ -45,9 +47,8 @@ RUN_FILE_WHAT = {
 
 def copy_outputs(pipeline_outputs: dict[str, str], pipeline_root: Path, out: Path) -> None:
     """Copy the run's outputs into `out`: `pipeline_outputs` are the pipeline's (name -> path), the gated ones
-    lie in the newest run of kfp.local's `pipeline_root`; then lay model.onnx out as Triton's model repository."""
+    lie in the newest run of kfp.local's `pipeline_root`."""
     from components.train import MODEL_FILE
-    from components.triton_repository import write_repository
 
     sources = {
         Path(pipeline_outputs[name]): file_name.format(keras=MODEL_FILE.format(member="*"))
@@ -59,9 +60,11 @@ def copy_outputs(pipeline_outputs: dict[str, str], pipeline_root: Path, out: Pat
         {run_root / f"{step}-component" / output: file_name for (step, output), file_name in GATED_RUN_FILES.items()}
     )
     for source, file_name in sources.items():
+        if file_name == TRITON_REPOSITORY:
+            shutil.copytree(source, out / file_name)
+            continue
         for path in sorted(source.glob(file_name)) if source.is_dir() else [source]:
             shutil.copyfile(path, out / (path.name if source.is_dir() else file_name))
-    write_repository(out / RUN_FILES["onnx_model"], out / TRITON_REPOSITORY)
 
 
 def listing(out: Path) -> list[str]:

@@ -333,8 +333,9 @@ def test_deploy_step_behind_the_gate_with_its_rbac_needs(tmp_path):
     # Only a model that passes the gate is served, beside the scoring, and the report shows where.
     dag, deploy_task = tasks["deploy-component"]
     assert dag == tasks["report-component"][0] == "comp-condition-3"
-    assert deploy_task["inputs"]["artifacts"]["onnx_model"] == {
-        "componentInputArtifact": "pipelinechannel--export-component-onnx_model"
+    assert deploy_task["inputs"]["artifacts"] == {
+        name: {"componentInputArtifact": f"pipelinechannel--export-component-{name}"}
+        for name in ("onnx_model", "triton_repository")
     }
     constants = {
         name: value["runtimeValue"]["constant"]
@@ -364,6 +365,19 @@ def test_deploy_step_behind_the_gate_with_its_rbac_needs(tmp_path):
     }
     assert pipeline.DEPLOY_RBAC == f"{RESOURCE}: {','.join(RBAC_VERBS)}"
     assert (pipeline.SERVE_IMAGE_NAME, pipeline.DeployTarget("digits").image) == (SERVE_IMAGE_NAME, SERVE_IMAGE)
+
+
+def test_deploy_with_kserves_stock_runtime_has_no_image(tmp_path):
+    """--deploy-runtime kserve-tritonserver: the deploy step's image is empty, so it serves the Triton repository."""
+    output = tmp_path / "p.yaml"
+    command = ("pipeline.py", "compile", "--output", str(output), "--deploy", "digits", "--deploy-runtime")
+    result = run_module(*command, "kserve-tritonserver")
+    assert result.returncode == 0, result.stderr
+    spec, _ = yaml.safe_load_all(output.read_text())
+    _, deploy_task = all_tasks(spec)["deploy-component"]
+    assert deploy_task["inputs"]["parameters"]["image"] == {"runtimeValue": {"constant": ""}}
+    result = run_module(*command, "triton")
+    assert result.returncode == 2 and "--deploy-runtime: invalid choice: 'triton'" in result.stderr
 
 
 def test_deploy_is_optional_and_its_name_checked(tmp_path):

@@ -233,6 +233,32 @@ def test_without_an_image_kserves_stock_onnx_runtime_serves_a_triton_repository(
             deploy("digits", repository_v2, namespace, image="ours:v1", timeout=1, api_client=kserve_api)
 
 
+@pytest.mark.parametrize(
+    ("image", "served_uri"),
+    [("ours:v1", "s3://models/run-1/export-component/onnx_model"), ("", "s3://models/run-1/export-component/triton")],
+)
+def test_the_kfp_component_serves_model_onnx_with_our_image_and_the_triton_repository_without(
+    kserve_api, namespace, tmp_path, image, served_uri
+):
+    """The pipeline's deploy component, as KFP calls it (artifacts with their URIs; credentials from KUBECONFIG):
+    our image reads model.onnx, KServe's stock ONNX runtime the Triton repository export wrote beside it."""
+    from kfp.dsl import Artifact, Model
+
+    from components.kfp_components import deploy_component
+
+    onnx_model = Model(uri="s3://models/run-1/export-component/onnx_model")
+    triton_repository = Model(uri="s3://models/run-1/export-component/triton")
+    deployment = Artifact(uri=str(tmp_path / "deployment"))
+    with KServeController(kserve_api, namespace, "digits"):
+        url = deploy_component(onnx_model, triton_repository, "digits", namespace, image, 100, deployment)
+    predictor = read(kserve_api, namespace, "digits")["spec"]["predictor"]
+    if image:
+        assert predictor["containers"][0]["env"][0] == {"name": STORAGE_URI_ENV, "value": served_uri}
+    else:
+        assert predictor["model"]["storageUri"] == served_uri
+    assert url == deployment.metadata["url"] and deployment.metadata["action"] == "created"
+
+
 def test_an_update_that_raced_another_write_reads_again_and_loses_nothing(kserve_api, namespace, monkeypatch):
     from kubernetes.client import CustomObjectsApi
 

@@ -60,7 +60,6 @@ def test_run_end_to_end_through_kfp_local(uninterrupted_run, fixture_data):
             "run.log",
             *(name for name in RUN_FILES.values() if "{" not in name),
             *GATED_RUN_FILES.values(),
-            TRITON_REPOSITORY,
         ]
     )  # the pipeline root (arrays, cache, checkpoints) is gone
     triton_model = out / TRITON_REPOSITORY / "digit-recognizer" / "1" / "model.onnx"
