@@ -396,3 +396,16 @@ def test_the_server_reports_the_version_the_model_carries(tmp_path, served_model
             }
         metrics = client.get("/metrics").text
         assert 'route="/v2/models/{name}/versions/{version}/infer",status="200"} 1.0' in metrics
+
+
+def test_a_failing_model_call_answers_a_v2_error_and_is_logged(client, monkeypatch, caplog):
+    def fail(images):
+        raise RuntimeError("onnxruntime: out of memory")
+
+    monkeypatch.setattr(client.app.state.server, "predict", fail)
+    monkeypatch.setattr(client.app.state.server.batcher, "predict", fail)
+    response = client.post(INFER, json=v2_request(np.zeros((1, 784), np.uint8)))
+    assert response.status_code == 500
+    assert response.json() == {"error": "inference failed: onnxruntime: out of memory"}
+    assert "inference_failed" in caplog.text
+    assert 'requests_total{route="/v2/models/{name}/infer",status="500"}' in client.get("/metrics").text
