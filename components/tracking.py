@@ -139,14 +139,21 @@ def log_onnx_model(onnx_path: str | Path, name: str, example_images) -> str | No
 @_guarded
 def register_model(model_uri: str, tags: dict) -> str | None:
     """Register the logged model `model_uri` as a new version of REGISTERED_MODEL, tagged with `tags`; its version
-    number, None untracked."""
+    number, None untracked. A version that already bears every one of these tags (a retried step's: the same
+    pipeline run, model and data) is answered instead of registering another."""
     if not task_run():
         return None
-    _client()  # the request settings and quiet loggers, before MLflow's fluent call
+    client = _client()  # the request settings and quiet loggers too, before MLflow's fluent call
     from mlflow import register_model as register
 
-    # The version is answered at once; a registry that copies models in finishes that on its own.
     tags = {name: str(value) for name, value in tags.items()}
+    if any("'" in value for value in tags.values()):
+        raise ValueError(f"a registered model's tag holds a quote: {tags}")
+    same_tags = "".join(f" and tags.{name} = '{value}'" for name, value in tags.items())
+    registered = client.search_model_versions(f"name = '{REGISTERED_MODEL}'{same_tags}")
+    if registered:
+        return str(min(int(version.version) for version in registered))
+    # The version is answered at once; a registry that copies models in finishes that on its own.
     return str(register(model_uri, REGISTERED_MODEL, await_registration_for=0, tags=tags).version)
 
 

@@ -83,3 +83,27 @@ def test_a_finished_run_is_recorded_and_compared_in_a_team_server(mlflow_server,
     assert runs["params.seed"].tolist() == ["43", "42"]
     assert runs["metrics.leaderboard_accuracy"].tolist() == [0.9950, 0.9946]
     assert set(runs["status"]) == {"FINISHED"} and set(runs["tags.source"]) == {"bench/recipes.py"}
+
+
+def test_a_retried_register_step_answers_the_version_it_registered(mlflow_server, served_model, monkeypatch):
+    """KFP retries a failed task: a register step that had registered before failing must not add a version."""
+    import uuid
+
+    import numpy as np
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"register-{uuid.uuid4().hex}")
+    run_id = client.create_run(experiment_id).info.run_id
+    for name, value in (("MLFLOW_TRACKING_URI", mlflow_server), ("MLFLOW_EXPERIMENT_ID", experiment_id)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    monkeypatch.setattr(tracking, "_failed", False)
+    model_uri = tracking.log_onnx_model(served_model, "model", np.zeros((2, 28, 28, 1), np.uint8))
+    tags = {"pipeline_run_id": uuid.uuid4().hex, "validation_accuracy": 0.995, "onnx_sha256": "ab12"}
+    first = tracking.register_model(model_uri, tags)
+    assert first and tracking.register_model(model_uri, tags) == first  # the retry
+    another_run = tracking.register_model(model_uri, {**tags, "pipeline_run_id": uuid.uuid4().hex})
+    assert another_run == str(int(first) + 1)
+    assert len(client.search_model_versions(f"tags.onnx_sha256 = 'ab12' and run_id = '{run_id}'")) == 2
+    assert not tracking._failed
