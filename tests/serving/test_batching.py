@@ -71,6 +71,24 @@ def test_a_failing_model_fails_the_waiting_requests_and_keeps_serving():
     assert outcomes[0][1].tolist() == [0]
 
 
+def test_a_lone_image_runs_in_the_event_loop_and_a_batch_in_a_worker_thread():
+    threads = []
+
+    def predict(images):
+        threads.append((len(images), threading.current_thread() is threading.main_thread()))
+        return np.zeros((len(images), 10)), np.zeros(len(images), np.int64)
+
+    async def main():
+        batcher = Batcher(predict, max_batch_size=8)
+        batcher.start()
+        await batcher.infer(np.zeros((1, 28, 28, 1), np.float32))  # alone: no thread to wake
+        await batcher.infer(np.zeros((3, 28, 28, 1), np.float32))  # several images: the loop keeps reading
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert threads == [(1, True), (3, False)]
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
         Batcher(lambda images: None, max_batch_size=0)
