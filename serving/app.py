@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
 from common.errors import InputError
@@ -171,20 +172,9 @@ def check_declared_length(server: ModelServer, declared: str | bytes | None) -> 
         raise BadRequest(f"body of {int(declared)} bytes is over the limit of {server.max_body_bytes}", status=413)
 
 
-async def read_body(server: ModelServer, request: Request) -> bytes:
-    """The request body, refused with 413 past the server's `max_body_bytes` before it is all read."""
-    check_declared_length(server, request.headers.get("content-length"))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > server.max_body_bytes:
-            raise BadRequest(f"body is over the limit of {server.max_body_bytes} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_asgi_body(server: ModelServer, declared: bytes | None, receive) -> bytes | None:
-    """read_body for a bare ASGI app: the body from `receive`'s messages; None if the client hung up."""
+async def read_body(server: ModelServer, declared: str | bytes | None, receive) -> bytes | None:
+    """The request body from the ASGI `receive`, refused with 413 past the server's `max_body_bytes` (its declared
+    Content-Length first) before it is all read; None if the client hung up."""
     check_declared_length(server, declared)
     chunks, size = [], 0
     while True:
@@ -200,11 +190,19 @@ async def read_asgi_body(server: ModelServer, declared: bytes | None, receive) -
             return b"".join(chunks)
 
 
+async def request_body(server: ModelServer, request: Request) -> bytes:
+    """read_body for a Starlette request, whose client hanging up ends the handler as Starlette's own reads do."""
+    body = await read_body(server, request.headers.get("content-length"), request.receive)
+    if body is None:
+        raise ClientDisconnect()
+    return body
+
+
 async def images_from_request(server: ModelServer, request: Request) -> np.ndarray:
     """Images [n, 28, 28, 1] from whichever body /predict was given."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type.startswith("image/"):
-        return image_to_pixels(await read_body(server, request))[None]
+        return image_to_pixels(await request_body(server, request))[None]
     if content_type == "multipart/form-data":
         check_declared_length(server, request.headers.get("content-length"))
         try:
@@ -215,7 +213,7 @@ async def images_from_request(server: ModelServer, request: Request) -> np.ndarr
         if upload is None or isinstance(upload, str):
             raise BadRequest("the multipart form needs a file field named 'file'")
         return image_to_pixels(await upload.read())[None]
-    body = await read_body(server, request)
+    body = await request_body(server, request)
     if content_type == "application/json":
         try:
             document = orjson.loads(body)
@@ -313,7 +311,7 @@ class V2Inference:
             header_length = headers.get(b"inference-header-content-length")
             if header_length is not None and not header_length.isdigit():
                 raise BadRequest("Inference-Header-Content-Length must be a whole number")
-            body = await read_asgi_body(server, headers.get(b"content-length"), receive)
+            body = await read_body(server, headers.get(b"content-length"), receive)
             if body is None:
                 return  # the client hung up
             request_id, images, outputs, binary = parse_infer_request(
