@@ -7,7 +7,9 @@ gRPC (h2load), on loopback.
 For each server and transport: p50/p99 latency at concurrency 1 and requests/s at concurrency 64 for
 requests of one image (V2 JSON over HTTP; over gRPC a ModelInferRequest with raw_input_contents, FP32 both);
 for ours also images/s with 64-image requests as V2 binary tensors and as CSV, against bare onnxruntime
-images/s at batch 64 in this process; cold start to ready; resident memory. Medians of `--runs`. Access logs
+images/s at batch 64 in this process; cold start to ready; resident memory. The same figures of the floors of our
+stack (bench/serving_floor.py: its bare transports answering a constant, and one model call a request with none of
+our server's work), which bound what any server on it reaches here. Medians of `--runs`. Access logs
 are off on both servers. h2load (nghttp2's HTTP/2 load generator) sends gRPC's frames as they are on the wire,
 each connection one call at a time, as wrk does; it cannot read gRPC's status, so each server's answer to the
 body is checked first with a real gRPC call, and ours counts its non-OK calls in /metrics, which must stay 0.
@@ -36,6 +38,8 @@ from components.kaggle_csv import read_csv
 from serving import grpc_predict_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
+# The floors of our stack (bench/serving_floor.py): its transports answering a constant, and one model call a request.
+FLOORS = {"floor constant": "constant", "floor model": "model"}
 LUA = """
 local file = io.open(os.getenv("WRK_BODY"), "rb")
 wrk.method = "POST"
@@ -60,6 +64,16 @@ def start(kind, model):
     port, grpc_port = free_ports(2)
     if kind == "ours":
         command = [sys.executable, "-m", "serving", "--model", str(model), "--no-access-log"]
+        command += ["--port", str(port), "--grpc-port", str(grpc_port)]
+    elif kind in FLOORS:
+        command = [
+            sys.executable,
+            str(ROOT / "bench/serving_floor.py"),
+            "--model",
+            str(model),
+            "--answer",
+            FLOORS[kind],
+        ]
         command += ["--port", str(port), "--grpc-port", str(grpc_port)]
     else:
         command = [
@@ -246,7 +260,7 @@ def main(argv=None):
         print(f"run {run + 1} of {args.runs}", flush=True)
         bare = bare_images_per_second(args.model, pixels)
         record("bare onnxruntime images/s (batch 64)", bare)
-        for kind in ("ours", "kserve"):
+        for kind in ("ours", "kserve", *FLOORS):
             process, url, grpc_address, cold_start = start(kind, args.model)
             try:
                 record(f"{kind} cold start to ready (s)", cold_start)
@@ -294,6 +308,11 @@ def main(argv=None):
         / medians["bare onnxruntime images/s (batch 64)"],
         "CSV images/s / bare onnxruntime": medians["ours CSV 64 rows/request images/s"]
         / medians["bare onnxruntime images/s (batch 64)"],
+        # What any server on our stack could reach here: the transports' ceilings and one model call a request.
+        "c=64 requests/s, gRPC / HTTP JSON, both answering a constant": medians["floor constant gRPC c=64 requests/s"]
+        / medians["floor constant V2 JSON c=64 requests/s"],
+        "c=1 p99, one model call a request / kserve": medians["floor model V2 JSON c=1 p99 (ms)"]
+        / medians["kserve V2 JSON c=1 p99 (ms)"],
     }
     results = {
         "runs": args.runs,
