@@ -32,10 +32,10 @@ import grpc
 import httpx
 import numpy as np
 import orjson
+from tritonclient.grpc import service_pb2 as pb  # a client's messages, not ours: a process holds a V2 name once
 
 from common.onnx_model import load_session, predict
 from components.kaggle_csv import read_csv
-from serving import grpc_predict_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 # The floors of our stack (bench/serving_floor.py): its transports answering a constant, and one model call a request.
