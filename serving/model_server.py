@@ -70,7 +70,7 @@ class ModelServer:
     def load(self) -> None:
         """Load and warm the model (a thread: the server answers liveness meanwhile)."""
         self.model_path = model_file(self.model_path)
-        # No spinning: idle onnxruntime threads would take the core the event loop needs (p99 1.1 ms, not 1.6).
+        # No spinning: idle onnxruntime threads would take the cores the event loop needs (docs/BENCHMARKS.md).
         session = load_session(self.model_path, self.threads, spin=False)
         for size in (1, self.max_batch_size):
             session.run(None, {INPUT_NAME: np.zeros((size, 28, 28, 1), np.float32)})
