@@ -15,6 +15,7 @@ import tensorflow as tf
 import tf2onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tf2onnx.graph import GraphUtil
 
 from common.errors import InputError
 from common.kaggle_format import IMAGE_SIZE
@@ -57,6 +58,10 @@ def to_onnx(function, opset=17):
     # conversion counts from the start, as in a fresh process, so a second one in a process is the same graph.
     tf2onnx.utils.INTERNAL_NAME = 1
     model_proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature, opset=opset)
+    # tf2onnx folds the Flatten's target shape into a constant only where TensorFlow's graph carried the static
+    # shape, which it once did not (a CI run's export kept Shape, Slice and Concat: another file for the same
+    # model). Optimizing again over ONNX's own shape inference folds it either way.
+    model_proto = GraphUtil.optimize_model_proto(model_proto, catch_errors=False)
     renumber_made_names(model_proto.graph)
     return model_proto
 

@@ -4,6 +4,8 @@ import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+import tf2onnx
+from tf2onnx.optimizer.reshape_optimizer import ReshapeOptimizer
 
 from common.errors import InputError
 from common.onnx_model import DIGEST_KEY, load_session, model_digest, predict
@@ -38,6 +40,28 @@ def test_a_model_converts_to_the_same_file_every_time(trained_model):
     # Node by node first, for a short report: pytest's diff of two whole files takes minutes.
     assert [node.name for node in first.graph.node] == [node.name for node in again.graph.node]
     assert hashlib.sha256(first.SerializeToString()).digest() == hashlib.sha256(again.SerializeToString()).digest()
+
+
+def test_a_conversion_whose_tensorflow_graph_lacked_a_shape_gives_the_same_file(trained_model, monkeypatch):
+    # As in one CI run's export: tf2onnx's first pass, without the Flatten's static shape, kept its target shape as
+    # Shape, Slice and Concat; export's second pass over ONNX's shape inference folds it as the first pass does.
+    function = inference_function(load_models(trained_model[0]))
+    expected = to_onnx(function)
+    convert = tf2onnx.convert.from_function
+
+    def without_the_static_shape(*args, **kwargs):
+        with monkeypatch.context() as first_pass:
+            first_pass.setattr(ReshapeOptimizer, "_optimize_reshape", lambda self, node, graph: False)
+            model_proto, external = convert(*args, **kwargs)
+        assert "Shape" in [node.op_type for node in model_proto.graph.node]
+        return model_proto, external
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", without_the_static_shape)
+    unfolded = to_onnx(function)
+    assert [node.name for node in unfolded.graph.node] == [node.name for node in expected.graph.node]
+    assert (
+        hashlib.sha256(unfolded.SerializeToString()).digest() == hashlib.sha256(expected.SerializeToString()).digest()
+    )
 
 
 def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, arrays):
