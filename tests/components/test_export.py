@@ -36,7 +36,10 @@ def test_a_model_converts_to_the_same_file_every_time(trained_model):
     # tf2onnx counts the names it makes on from one conversion to the next (and in an order that varies with
     # Python's string hashing from process to process); export numbers them afresh.
     function = inference_function(load_models(trained_model[0]))
-    first, again = to_onnx(function), to_onnx(function)
+    assert_same_file(to_onnx(function), to_onnx(function))
+
+
+def assert_same_file(first, again):
     # Node by node first, for a short report: pytest's diff of two whole files takes minutes.
     assert [node.name for node in first.graph.node] == [node.name for node in again.graph.node]
     assert hashlib.sha256(first.SerializeToString()).digest() == hashlib.sha256(again.SerializeToString()).digest()
@@ -57,11 +60,7 @@ def test_a_conversion_whose_tensorflow_graph_lacked_a_shape_gives_the_same_file(
         return model_proto, external
 
     monkeypatch.setattr(tf2onnx.convert, "from_function", without_the_static_shape)
-    unfolded = to_onnx(function)
-    assert [node.name for node in unfolded.graph.node] == [node.name for node in expected.graph.node]
-    assert (
-        hashlib.sha256(unfolded.SerializeToString()).digest() == hashlib.sha256(expected.SerializeToString()).digest()
-    )
+    assert_same_file(to_onnx(function), expected)
 
 
 def test_a_model_that_fails_parity_is_not_written(tmp_path, trained_model, arrays):
