@@ -56,6 +56,15 @@ BEFORE_19 = {
     "mixed_precision": "off",
     "float32_epochs": 0,
 }
+# The default since #25 (45 epochs, the last kept), in float32 on every CPU so that its seeds compare.
+DEFAULT_45_LAST = {
+    "network": "deotte",
+    "epochs": 45,
+    "batch_size": 128,
+    "keep_epoch": "last",
+    "mixed_precision": "off",
+    "float32_epochs": 0,
+}
 # name: (what it is, settings of train(); every setting that ever changed default is spelled out)
 RECIPES = {
     "quick": (
@@ -134,14 +143,11 @@ RECIPES = {
     "default_45_last": (
         "the default since #19 (cosine, AdamW, label smoothing, shear, batch 128) for 45 epochs, the last kept; "
         "float32",
-        {
-            "network": "deotte",
-            "epochs": 45,
-            "batch_size": 128,
-            "keep_epoch": "last",
-            "mixed_precision": "off",
-            "float32_epochs": 0,
-        },
+        DEFAULT_45_LAST,
+    ),
+    "default_45_last_ema": (
+        "default_45_last with a weight average (ema_momentum 0.999): the same training, its averaged weights kept",
+        DEFAULT_45_LAST | {"ema_momentum": 0.999},
     ),
     "snapshots_3x5": (
         "a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
