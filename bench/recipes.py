@@ -149,6 +149,14 @@ RECIPES = {
         "default_45_last with a weight average (ema_momentum 0.999): the same training, its averaged weights kept",
         DEFAULT_45_LAST | {"ema_momentum": 0.999},
     ),
+    "default_45_last_elastic": (
+        "default_45_last with mild elastic distortion (elastic_alpha 10, sigma 4) before the affine transform",
+        DEFAULT_45_LAST | {"elastic_alpha": 10.0},
+    ),
+    "default_45_last_pseudo_labels": (
+        "default_45_last, trained again with the test images it labels at >= 0.85 (pseudo-labels)",
+        DEFAULT_45_LAST | {"pseudo_labels": True},
+    ),
     "snapshots_3x5": (
         "a snapshot ensemble: one CNN, 15 epochs in 3 cosine cycles of 5, the model at each cycle's end",
         {"network": "compact", "epochs": 15, "batch_size": 128, "snapshots": 3},
