@@ -325,7 +325,8 @@ def train_recipe(name, seed, train_csv, test_csv):
     run = RUNS / name / f"seed-{seed}"
     started = time.perf_counter()
     options = dict(settings)
-    if options.pop("pseudo_labels", False):
+    pseudo_labels = options.pop("pseudo_labels", False)
+    if pseudo_labels:
         options["pseudo_label_data"] = arrays["test"]
     fit = train_snapshots if "snapshots" in options else train
     # Other strengths of the affine transform than train's (it has no parameters for them): its defaults swapped here.
@@ -333,7 +334,8 @@ def train_recipe(name, seed, train_csv, test_csv):
     components.augmentation.random_affine = functools.partial(affine, **options.pop("affine", {}))
     progress = components.train.EpochProgress
     (test_images,) = load_arrays(arrays["test"], "images")
-    if options.get("keep_epoch") == "last":
+    # No learning curve with pseudo-labels: the second training's epochs would overwrite the first's files.
+    if options.get("keep_epoch") == "last" and not pseudo_labels:
         components.train.EpochProgress = epoch_submissions(
             test_images, run / "epochs", options["epochs"], options.get("float32_epochs", 0)
         )
@@ -471,14 +473,15 @@ def learning_curves(results, plot_path):
         epochs = sorted(set.intersection(*(set(map(int, result["curve"])) for result in curves)))
         images_per_epoch = statistics.median(result["images_seen"] / sum(result["epochs_run"]) for result in curves)
         means, sds = [], []
-        print(f"{name} ({len(curves)} seeds: {', '.join(scored(seeds))}):")
+        counted = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+        print(f"{name} ({counted}: {', '.join(scored(seeds))}):")
         for epoch in epochs:
             scores = [100 * result["curve"][str(epoch)] for result in curves]
             means.append(statistics.mean(scores))
             sds.append(statistics.stdev(scores) if len(scores) > 1 else 0.0)
             print(f"  epoch {epoch}: {means[-1]:.2f}% ± {sds[-1]:.2f} ({', '.join(f'{x:.2f}' for x in scores)})")
         images = [epoch * images_per_epoch / 1e6 for epoch in epochs]
-        axis.errorbar(images, means, yerr=sds, marker="o", capsize=3, label=f"{name} ({len(curves)} seeds)")
+        axis.errorbar(images, means, yerr=sds, marker="o", capsize=3, label=f"{name} ({counted})")
     axis.axhline(99.60, color="grey", linestyle="--", linewidth=0.8)
     axis.set(
         xlabel="training images (millions)",
