@@ -145,6 +145,10 @@ RECIPES = {
         "float32",
         DEFAULT_45_LAST,
     ),
+    "default_60_last": (
+        "the default since #19 for 60 epochs, the last kept; float32 (the learning curve's point past 45)",
+        DEFAULT_45_LAST | {"epochs": 60},
+    ),
     "default_45_last_ema": (
         "default_45_last with a weight average (ema_momentum 0.999): the same training, its averaged weights kept",
         DEFAULT_45_LAST | {"ema_momentum": 0.999},
